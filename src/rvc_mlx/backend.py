@@ -1,0 +1,95 @@
+"""CPU backend setup, done once before the first ``import mlx.core``.
+
+The Linux ``mlx[cpu]`` wheel links reference BLAS (sgemm ~40x slower than OpenBLAS). Loading an optimized BLAS
+globally before MLX makes MLX's ``cblas_sgemm`` resolve to it. Candidates, first that loads wins:
+
+1. ``$RVC_MLX_BLAS`` (a path to a shared library, or ``none`` to disable the preload);
+2. ``cmeel-openblas`` (AVX-512 build; only on CPUs that report ``avx512f``);
+3. ``ngsolve-openblas`` (multi-arch build; needs ``libgfortran.so.5``);
+4. the system's ``libopenblas.so.0`` (e.g. Debian ``libopenblas0-pthread``).
+
+If torch is used in the same process, import torch first (its own BLAS must load before this one).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import glob
+import os
+import platform
+import sys
+
+BLAS_ENV = "RVC_MLX_BLAS"
+_state = {"blas": None, "done": False}
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def _site_candidates(pattern: str) -> list[str]:
+    found = []
+    for base in sys.path:
+        if base and os.path.isdir(base):
+            found += sorted(glob.glob(os.path.join(base, pattern)))
+    return found
+
+
+def blas_candidates() -> list[str]:
+    """Shared libraries to try, best first."""
+    env = os.environ.get(BLAS_ENV)
+    if env:
+        return [] if env.lower() == "none" else [env]
+    paths = []
+    if "avx512f" in _cpu_flags():
+        paths += _site_candidates("cmeel.prefix/lib/libopenblas.so.0")
+    paths += _site_candidates("ngsolve_openblas/libopenblas*.so")
+    paths += ["libopenblas.so.0", "libopenblas.so"]
+    return paths
+
+
+def preload_blas() -> str | None:
+    """Load the first usable optimized BLAS with RTLD_GLOBAL; return its path (None when none loaded).
+
+    Must run before ``mlx.core`` is imported; later calls are no-ops. Only acts on Linux.
+    """
+    if _state["done"]:
+        return _state["blas"]
+    _state["done"] = True
+    if platform.system() != "Linux" or "mlx.core" in sys.modules:
+        return None
+    for path in blas_candidates():
+        try:
+            ctypes.CDLL(path, mode=os.RTLD_GLOBAL)
+        except OSError:
+            continue
+        _state["blas"] = path
+        return path
+    if os.environ.get(BLAS_ENV, "").lower() != "none":
+        print(
+            "rvc-mlx: no optimized BLAS found; matrix products will be slow "
+            "(install libopenblas0-pthread or set RVC_MLX_BLAS)",
+            file=sys.stderr,
+        )
+    return None
+
+
+def blas_in_use() -> str | None:
+    return _state["blas"]
+
+
+CACHE_LIMIT_BYTES = 4 << 30
+
+
+def configure_mlx() -> None:
+    """Keep freed buffers cached (avoids page-faulting every large temporary on CPU)."""
+    import mlx.core as mx
+
+    mx.set_cache_limit(CACHE_LIMIT_BYTES)

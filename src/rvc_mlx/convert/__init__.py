@@ -1,0 +1,1 @@
+"""Converters from PyTorch checkpoints to the rvc-mlx format (see ``store``)."""

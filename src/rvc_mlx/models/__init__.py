@@ -1,0 +1,1 @@
+"""One module per network, each with a config dataclass and an ``mlx.nn.Module``."""

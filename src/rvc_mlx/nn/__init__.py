@@ -1,0 +1,1 @@
+"""Shared layers and CPU-fast formulations used by every network."""

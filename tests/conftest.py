@@ -1,0 +1,26 @@
+"""Shared test fixtures.
+
+torch is imported before rvc_mlx so torch's own BLAS loads first (see rvc_mlx.backend). Reference models are
+built by the tests themselves (random weights in the formats users have) and cached under pytest's cache dir,
+so a second run skips rebuilding them. Nothing is downloaded.
+"""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+import torch  # noqa: F401  (must load before mlx; see module docstring)
+
+import rvc_mlx  # noqa: F401,E402  (BLAS preload)
+
+TESTS_DIR = Path(__file__).parent
+# rvc==0.3.5's Config() parses sys.argv at import/construct time; keep pytest's argv away from it.
+sys.argv = sys.argv[:1]
+
+
+@pytest.fixture(scope="session")
+def ref_cache(request) -> Path:
+    """A persistent directory for built reference models/outputs (under .pytest_cache)."""
+    path = Path(request.config.cache.mkdir("rvc-reference"))
+    return path
