@@ -107,6 +107,12 @@ def read_config(path: str | os.PathLike) -> dict:
     return config
 
 
+def tensor_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
+    """Names and shapes of the tensors in a converted file, read from the header only."""
+    header = _read_header(Path(path))
+    return {k: tuple(v["shape"]) for k, v in header.items() if k != "__metadata__"}
+
+
 def load(path: str | os.PathLike, kind: str | None = None):
     """Load a converted file. Returns ``(weights: dict[str, mx.array], config: dict)``.
 

@@ -1,1 +1,96 @@
-"""Converters from PyTorch checkpoints to the rvc-mlx format (see ``store``)."""
+"""Converters from PyTorch checkpoints to the rvc-mlx format (see ``rvc_mlx.store``).
+
+``convert_file(path)`` reads a checkpoint with the safe reader, detects its kind (or takes ``kind``), runs the
+matching converter (one module per source kind, each a rule table) and returns ``(weights, config)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..checkpoint import load_checkpoint
+from ..errors import ConversionError
+
+KINDS = ("voice", "hubert", "rmvpe", "crepe", "fcpe")
+
+
+def _module(name: str):
+    return importlib.import_module(f"{__name__}.{name}")
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def detect_kind(ckpt: Any) -> str | None:
+    """The kind of a checkpoint read by ``load_checkpoint``, or None when it is not one we know."""
+    if _module("rvc").is_voice_checkpoint(ckpt):
+        return "voice"
+    if _module("hubert").is_hubert_checkpoint(ckpt):
+        return "hubert"
+    if _module("rmvpe").is_rmvpe_checkpoint(ckpt):
+        return "rmvpe"
+    if _module("fcpe").is_fcpe_checkpoint(ckpt):
+        return "fcpe"
+    if _module("crepe").is_crepe_checkpoint(ckpt):
+        return "crepe"
+    return None
+
+
+def _convert_checkpoint(ckpt: Any, kind: str, source: str, path: Path):
+    if kind == "voice":
+        return _module("rvc").convert_voice(ckpt, source)
+    if kind == "hubert":
+        return _module("hubert").convert_hubert_fairseq(ckpt, source)
+    if kind == "rmvpe":
+        return _module("rmvpe").convert_rmvpe(ckpt, source)
+    if kind == "fcpe":
+        return _module("fcpe").convert_fcpe(ckpt, source)
+    if kind == "crepe":
+        model = "tiny" if "tiny" in path.name.lower() else "full"
+        return _module("crepe").convert_crepe(ckpt, source, model=model)
+    raise ConversionError(f"{source}: unknown kind {kind!r} (choose from {', '.join(KINDS)})")
+
+
+def convert_file(path: str | os.PathLike, kind: str | None = None) -> tuple[dict[str, np.ndarray], dict]:
+    """Convert a ``.pth``/``.pt`` checkpoint or a transformers HuBERT directory. Returns ``(weights, config)``.
+
+    ``config`` gets ``source_sha256`` (of the checkpoint file) so a converted file can be traced to its source.
+    """
+    path = Path(path)
+    source = str(path)
+    if kind is not None and kind not in KINDS:
+        raise ConversionError(f"{source}: unknown kind {kind!r} (choose from {', '.join(KINDS)})")
+    if path.is_dir():
+        if kind not in (None, "hubert"):
+            raise ConversionError(f"{source}: a directory can only be a transformers HuBERT model, not {kind}")
+        weights, config = _module("hubert").convert_hubert_transformers(path, source)
+        weight_files = sorted(p for p in path.iterdir() if p.suffix in (".safetensors", ".bin"))
+        config["source_sha256"] = sha256_file(weight_files[0]) if weight_files else None
+        return weights, config
+    ckpt = load_checkpoint(path)
+    detected = detect_kind(ckpt)
+    if kind is None:
+        if detected is None:
+            raise ConversionError(
+                f"{source}: not a recognised RVC voice, HuBERT, RMVPE, CREPE or FCPE checkpoint "
+                "(pass --kind to force one)"
+            )
+        kind = detected
+    weights, config = _convert_checkpoint(ckpt, kind, source, path)
+    config["source_sha256"] = sha256_file(path)
+    return weights, config
+
+
+def parameter_count(weights: dict[str, np.ndarray]) -> int:
+    return int(sum(int(np.prod(w.shape)) for w in weights.values()))
