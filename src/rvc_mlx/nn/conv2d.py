@@ -1,0 +1,129 @@
+"""2-D convolutions that are fast on MLX's Linux CPU backend, with MLX's native kernels selectable.
+
+MLX's CPU conv2d runs a generic single-threaded im2col that is slow at few channels, and every strided
+``conv_transpose2d`` falls to scalar loops (DESIGN §7). The formulations here turn both into one sgemm:
+
+* :func:`conv2d` (stride 1, dilation 1): channels-last im2col (one strided view of the padded input holding the
+  ``kh·kw`` shifted windows, copied once) times a ``(kh·kw·C_in, C_out)`` matrix.
+* :func:`conv_transpose2d_s2` (kernel 3, stride 2, padding 1, output_padding 1 — RMVPE's decoder): polyphase.
+  Output row ``2m`` only sees kernel row 1 at input row ``m``; row ``2m+1`` sees kernel row 2 at ``m`` and kernel
+  row 0 at ``m+1`` (zero past the end: that is exactly what ``output_padding`` computes). So the four output
+  phases are one stride-1 2×2 conv of the end-padded input with ``4·C_out`` outputs, then interleaved.
+
+``impl`` selects the formulation: ``"gemm"`` (the above), ``"native"`` (``mx.conv2d`` / ``mx.conv_transpose2d``)
+or ``"auto"`` (gemm on the CPU, native on a GPU, where MLX's own kernels are the better choice).
+All tensors are channels-last: inputs ``(B, H, W, C_in)``, weights ``(C_out, kh, kw, C_in)``.
+"""
+
+from __future__ import annotations
+
+import mlx.core as mx
+
+IMPLS = ("auto", "gemm", "native")
+
+
+def use_gemm(impl: str = "auto") -> bool:
+    """Whether ``impl`` resolves to the gemm formulations on the current default device."""
+    if impl not in IMPLS:
+        raise ValueError(f"conv impl must be one of {IMPLS}, got {impl!r}")
+    if impl == "auto":
+        return mx.default_device() == mx.cpu
+    return impl == "gemm"
+
+
+def gemm_weight(weight: mx.array) -> mx.array:
+    """``(C_out, kh, kw, C_in)`` -> the ``(kh·kw·C_in, C_out)`` matrix :func:`conv2d` multiplies by.
+
+    Precompute it once per layer (``conv2d(..., gemm_w=...)``) to avoid a transpose per call."""
+    c_out = weight.shape[0]
+    return weight.reshape(c_out, -1).T
+
+
+def _im2col(x: mx.array, kh: int, kw: int, ph: int, pw: int) -> mx.array:
+    """(B, H, W, C) -> (B, H', W', kh·kw·C) with tap-major, channel-minor columns (matches ``gemm_weight``).
+
+    One strided view of the padded input, materialised by the following reshape in a single copy (faster than
+    concatenating ``kh·kw`` shifted slices)."""
+    if kh == 1 and kw == 1 and not (ph or pw):
+        return x
+    # pad always (even by 0) so the view below is taken over a fresh row-contiguous buffer
+    x = mx.pad(x, [(0, 0), (ph, ph), (pw, pw), (0, 0)])
+    b, hp, wp, c = x.shape
+    ho, wo = hp - kh + 1, wp - kw + 1
+    view = mx.as_strided(x, (b, ho, wo, kh, kw, c), (hp * wp * c, wp * c, c, wp * c, c, 1))
+    return view.reshape(b, ho, wo, kh * kw * c)
+
+
+def conv2d(
+    x: mx.array,
+    weight: mx.array,
+    bias: mx.array | None = None,
+    padding: int | tuple[int, int] = 0,
+    impl: str = "auto",
+    gemm_w: mx.array | None = None,
+) -> mx.array:
+    """Stride-1, dilation-1 2-D convolution (PyTorch ``Conv2d`` semantics, channels-last).
+
+    x: (B, H, W, C_in); weight: (C_out, kh, kw, C_in); bias: (C_out,) or None; padding: symmetric zero padding.
+    gemm_w: optional precomputed :func:`gemm_weight` of ``weight``. Returns (B, H', W', C_out).
+    """
+    ph, pw = (padding, padding) if isinstance(padding, int) else padding
+    if not use_gemm(impl):
+        y = mx.conv2d(x, weight, padding=(ph, pw))
+        return y if bias is None else y + bias
+    c_out, kh, kw, c_in = weight.shape
+    cols = _im2col(x, kh, kw, ph, pw)
+    b, ho, wo, k = cols.shape
+    w = gemm_w if gemm_w is not None else gemm_weight(weight)
+    cols = cols.reshape(-1, k)
+    y = mx.addmm(bias, cols, w) if bias is not None else cols @ w
+    return y.reshape(b, ho, wo, c_out)
+
+
+# Polyphase map for kernel 3, stride 2, padding 1: phase p (output index parity) and input offset d in {0, 1}
+# -> kernel tap (None: that phase does not see that offset). out[2m] = w[1]·x[m]; out[2m+1] = w[2]·x[m] + w[0]·x[m+1].
+_S2_TAP = {(0, 0): 1, (0, 1): None, (1, 0): 2, (1, 1): 0}
+
+
+def polyphase_weight_s2(weight: mx.array) -> mx.array:
+    """Rearrange a kernel-3 ``conv_transpose2d`` weight ``(C_out, 3, 3, C_in)`` (MLX layout of a PyTorch
+    ``ConvTranspose2d``) into the ``(4·C_in, 4·C_out)`` gemm matrix used by :func:`conv_transpose2d_s2`.
+
+    Rows: input offset (dy, dx) major, C_in minor (the 2×2 im2col order). Columns: phase (py, px) major, C_out minor.
+    """
+    c_out, kh, kw, c_in = weight.shape
+    if (kh, kw) != (3, 3):
+        raise ValueError(f"polyphase stride-2 conv_transpose2d needs a 3x3 kernel, got {kh}x{kw}")
+    zero = mx.zeros((c_in, c_out), dtype=weight.dtype)
+    rows = []
+    for dy in (0, 1):
+        for dx in (0, 1):
+            cols = []
+            for py in (0, 1):
+                for px in (0, 1):
+                    ty, tx = _S2_TAP[(py, dy)], _S2_TAP[(px, dx)]
+                    cols.append(zero if ty is None or tx is None else weight[:, ty, tx, :].T)
+            rows.append(mx.concatenate(cols, axis=1))
+    return mx.concatenate(rows, axis=0)
+
+
+def conv_transpose2d_s2(
+    x: mx.array,
+    weight: mx.array,
+    impl: str = "auto",
+    poly_w: mx.array | None = None,
+) -> mx.array:
+    """PyTorch ``ConvTranspose2d(kernel 3, stride 2, padding 1, output_padding 1, bias=False)``, channels-last.
+
+    x: (B, H, W, C_in); weight: (C_out, 3, 3, C_in); poly_w: optional precomputed :func:`polyphase_weight_s2`.
+    Returns (B, 2H, 2W, C_out); the last row/column (from ``output_padding``) is computed, not zero-filled.
+    """
+    if not use_gemm(impl):
+        return mx.conv_transpose2d(x, weight, stride=2, padding=1, output_padding=1)
+    b, h, w, c_in = x.shape
+    c_out = weight.shape[0]
+    pw_ = poly_w if poly_w is not None else polyphase_weight_s2(weight)
+    xp = mx.pad(x, [(0, 0), (0, 1), (0, 1), (0, 0)])  # the zero row/column output_padding reads
+    cols = _im2col(xp, 2, 2, 0, 0).reshape(-1, 4 * c_in)
+    y = (cols @ pw_).reshape(b, h, w, 2, 2, c_out)
+    return y.transpose(0, 1, 3, 2, 4, 5).reshape(b, 2 * h, 2 * w, c_out)
