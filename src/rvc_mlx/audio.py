@@ -1,0 +1,113 @@
+"""Audio in and out: the one place that touches files of sound.
+
+Reading uses libsndfile (wav, flac, ogg, mp3, aiff, ...) and falls back to FFmpeg through PyAV for containers
+libsndfile does not know (m4a, aac, opus in webm, video files). Resampling uses soxr (HQ). Writing is atomic.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .errors import AudioError
+from .store import atomic_write
+
+WRITE_FORMATS = {"wav": "WAV", "flac": "FLAC", "ogg": "OGG", "mp3": "MP3"}
+MIN_SECONDS = 0.1
+SILENCE_PEAK = 1e-6  # peak below this is treated as digital silence
+
+
+def resample(audio: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
+    """Resample a (N,) or (N, C) float array with soxr's high-quality filter (librosa's ``soxr_hq``)."""
+    if sr_in == sr_out:
+        return audio.astype(np.float32, copy=False)
+    import soxr
+
+    return soxr.resample(audio, sr_in, sr_out, quality="HQ").astype(np.float32)
+
+
+def _read_soundfile(path: Path):
+    import soundfile as sf
+
+    data, sr = sf.read(str(path), dtype="float32", always_2d=True)
+    return data, sr
+
+
+def _read_av(path: Path):
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            stream = next((s for s in container.streams if s.type == "audio"), None)
+            if stream is None:
+                raise AudioError(f"{path}: no audio stream in file")
+            resampler = av.AudioResampler(format="flt", layout="mono")
+            sr = stream.codec_context.sample_rate or stream.rate
+            chunks = []
+            for frame in container.decode(stream):
+                for out in resampler.resample(frame):
+                    chunks.append(out.to_ndarray().reshape(-1))
+            for out in resampler.resample(None):
+                chunks.append(out.to_ndarray().reshape(-1))
+    except av.FFmpegError as e:
+        raise AudioError(f"{path}: cannot decode audio ({e})") from None
+    data = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
+    return data[:, None].astype(np.float32), int(sr)
+
+
+def read(path: str | os.PathLike) -> tuple[np.ndarray, int]:
+    """Read any audio file as float32 mono ``(N,)`` at its own sample rate. Raises ``AudioError``."""
+    path = Path(path)
+    if not path.exists():
+        raise AudioError(f"{path}: file not found")
+    if path.is_dir():
+        raise AudioError(f"{path}: is a directory, expected an audio file")
+    import soundfile as sf
+
+    try:
+        data, sr = _read_soundfile(path)
+    except (sf.LibsndfileError, RuntimeError, TypeError):
+        data, sr = _read_av(path)
+    return data.mean(axis=1).astype(np.float32), int(sr)
+
+
+def check(audio: np.ndarray, sr: int, source: str = "audio") -> np.ndarray:
+    """Reject audio that cannot be converted: empty, shorter than 0.1 s, NaN/Inf, or digital silence."""
+    audio = np.asarray(audio)
+    if audio.ndim == 2:
+        audio = audio.mean(axis=1)
+    if audio.ndim != 1 or audio.size == 0:
+        raise AudioError(f"{source}: no audio samples")
+    if not np.all(np.isfinite(audio)):
+        raise AudioError(f"{source}: audio contains NaN or Inf samples")
+    if audio.size < MIN_SECONDS * sr:
+        raise AudioError(f"{source}: audio is {audio.size / sr:.3f} s long; at least {MIN_SECONDS} s is needed")
+    if np.max(np.abs(audio)) < SILENCE_PEAK:
+        raise AudioError(f"{source}: audio is silent")
+    return audio.astype(np.float32, copy=False)
+
+
+def load(path: str | os.PathLike, sr: int = 16000) -> np.ndarray:
+    """Read, mix down, validate and resample to ``sr``: float32 ``(N,)``."""
+    audio, file_sr = read(path)
+    audio = check(audio, file_sr, str(path))
+    return resample(audio, file_sr, sr)
+
+
+def write(path: str | os.PathLike, audio: np.ndarray, sr: int, fmt: str | None = None) -> None:
+    """Write float audio in [-1, 1] atomically. ``fmt`` (wav|flac|ogg|mp3) defaults to the file's extension."""
+    import soundfile as sf
+
+    path = Path(path)
+    fmt = (fmt or path.suffix.lstrip(".") or "wav").lower()
+    if fmt not in WRITE_FORMATS:
+        raise AudioError(f"{path}: cannot write format {fmt!r} (choose from {', '.join(WRITE_FORMATS)})")
+    subtype = "PCM_16" if fmt in ("wav", "flac") else None
+    audio = np.clip(np.asarray(audio, dtype=np.float32), -1.0, 1.0)
+
+    def _write(tmp):
+        sf.write(tmp, audio, sr, format=WRITE_FORMATS[fmt], subtype=subtype)
+
+    atomic_write(path, _write)

@@ -1,0 +1,277 @@
+"""The RVC voice-conversion pipeline (semantics of rvc==0.3.5 ``Pipeline.pipeline`` and ``VC.vc_single``).
+
+Each step is a small function over arrays; :class:`VoiceConverter` composes them::
+
+    audio@16k ─ normalise_input ─ high_pass ─ reflect pad ─┬─ F0 (whole padded audio) ─ post-process ─ coarse
+                                                           └─ pieces cut at quiet points (cut_points)
+    per piece: HuBERT ─ retrieval blend ─ ×2 upsample ─ protect ─ synthesizer ─ trim pads
+    concatenate ─ rms_mix ─ resample ─ peak-normalise
+
+Deliberate deviations from the reference, each switchable back:
+* ``ConversionOptions.deterministic`` zeroes the synthesizer noise (the reference is always random).
+* retrieval guards distance-0 matches (the reference divides by zero there; see ``retrieval``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import audio as audio_io
+from .errors import InputError
+
+SAMPLE_RATE = 16000  # HuBERT and every F0 estimator work at 16 kHz
+WINDOW = 160  # samples per F0 frame (100 fps)
+X_PAD = 1  # seconds of reflect padding around every piece
+X_QUERY = 6  # seconds searched either side of a cut point for the quietest sample
+X_CENTER = 38  # seconds between cut points
+X_MAX = 41  # audio longer than this (after a small pad) is cut into pieces
+INPUT_PEAK = 0.95  # input louder than this is scaled down first (VC.vc_single)
+OUTPUT_PEAK = 0.99  # output louder than this is scaled down last
+HIGH_PASS_ORDER = 5
+HIGH_PASS_HZ = 48
+PROTECT_OFF = 0.5  # protect >= 0.5 disables the protection of unvoiced frames
+
+
+@dataclass(frozen=True)
+class ConversionOptions:
+    """What a user chooses per conversion. Defaults are rvc==0.3.5's ``rvc infer`` defaults."""
+
+    pitch: float = 0.0  # semitones
+    f0_method: str = "rmvpe"
+    index_rate: float = 0.75
+    filter_radius: int = 3
+    rms_mix_rate: float = 0.25
+    protect: float = 0.33
+    resample_sr: int = 0  # 0: keep the model's rate
+    sid: int = 0
+    f0_file: str | None = None  # CSV of time(s),Hz replacing the estimated F0 from the start of the audio
+    autotune: float = 0.0  # 0: off; 0..1 strength of snapping to the semitone grid
+    deterministic: bool = False  # zero all synthesizer noise (for parity checks)
+    seed: int | None = None  # seed for the synthesizer noise when not deterministic
+
+    def validate(self) -> "ConversionOptions":
+        if not 0.0 <= self.index_rate <= 1.0:
+            raise InputError(f"index rate must be within 0..1, got {self.index_rate}")
+        if not 0.0 <= self.rms_mix_rate <= 1.0:
+            raise InputError(f"rms mix rate must be within 0..1, got {self.rms_mix_rate}")
+        if not 0.0 <= self.protect <= 0.5:
+            raise InputError(f"protect must be within 0..0.5, got {self.protect}")
+        if not 0.0 <= self.autotune <= 1.0:
+            raise InputError(f"autotune strength must be within 0..1, got {self.autotune}")
+        if not -48 <= self.pitch <= 48:
+            raise InputError(f"pitch shift must be within -48..48 semitones, got {self.pitch}")
+        if self.filter_radius < 0:
+            raise InputError(f"filter radius must be >= 0, got {self.filter_radius}")
+        if self.resample_sr and self.resample_sr < 0:
+            raise InputError(f"resample rate must be >= 0, got {self.resample_sr}")
+        return self
+
+
+# -- steps ------------------------------------------------------------------------------------------------------
+
+
+def normalise_input(audio: np.ndarray) -> np.ndarray:
+    """Scale ``audio`` down so its peak is at most ``INPUT_PEAK`` (louder input only)."""
+    peak = np.abs(audio).max() / INPUT_PEAK
+    return audio / peak if peak > 1 else audio
+
+
+def high_pass(audio: np.ndarray) -> np.ndarray:
+    """Zero-phase Butterworth high-pass (order 5, 48 Hz) at 16 kHz; float64 like the reference."""
+    from scipy import signal
+
+    b, a = signal.butter(N=HIGH_PASS_ORDER, Wn=HIGH_PASS_HZ, btype="high", fs=SAMPLE_RATE)
+    return signal.filtfilt(b, a, audio)
+
+
+def cut_points(audio: np.ndarray) -> list[int]:
+    """Sample positions (in unpadded ``audio``) where long audio is cut: every ``X_CENTER`` s, moved to the
+    quietest point (smallest moving |x| sum over one window) within ±``X_QUERY`` s. Empty for short audio."""
+    pad = np.pad(audio, (WINDOW // 2, WINDOW // 2), mode="reflect")
+    if pad.shape[0] <= SAMPLE_RATE * X_MAX:
+        return []
+    # audio_sum[j] = sum |pad[j : j + WINDOW]| (the reference sums WINDOW shifted slices)
+    audio_sum = np.zeros_like(audio)
+    for i in range(WINDOW):  # same summation order as the reference, so ties break identically
+        audio_sum += np.abs(pad[i : i - WINDOW])
+    query, center = SAMPLE_RATE * X_QUERY, SAMPLE_RATE * X_CENTER
+    points = []
+    for t in range(center, audio.shape[0], center):
+        seg = audio_sum[t - query : t + query]
+        points.append(t - query + int(np.argmin(seg)))
+    return points
+
+
+def upsample2(feats: np.ndarray) -> np.ndarray:
+    """50 fps -> 100 fps by repeating every frame (nearest neighbour), (T, C) -> (2T, C)."""
+    return np.repeat(feats, 2, axis=0)
+
+
+def protect_unvoiced(feats: np.ndarray, feats0: np.ndarray, f0: np.ndarray, protect: float) -> np.ndarray:
+    """On unvoiced frames (f0 < 1) blend retrieved ``feats`` back toward the original ``feats0``:
+    ``feats·w + feats0·(1 − w)`` with w = 1 on voiced frames and ``protect`` elsewhere."""
+    w = np.where(f0 > 0, 1.0, protect).astype(np.float32)
+    w = np.where(f0 < 1, protect, w).astype(np.float32)[:, None]
+    return (feats * w + feats0 * (1 - w)).astype(np.float32)
+
+
+def rms_envelope(audio: np.ndarray, sr: int) -> np.ndarray:
+    """RMS over frames of ~1 s (``sr//2*2`` samples) every 0.5 s, centred with zero padding."""
+    frame, hop = sr // 2 * 2, sr // 2
+    padded = np.pad(audio.astype(np.float64), (frame // 2, frame // 2))
+    n = 1 + (padded.shape[0] - frame) // hop
+    csum = np.concatenate([[0.0], np.cumsum(padded**2)])
+    starts = np.arange(n) * hop
+    return np.sqrt((csum[starts + frame] - csum[starts]) / frame)
+
+
+def interpolate_linear(x: np.ndarray, size: int) -> np.ndarray:
+    """1-D linear resize with half-pixel centres (torch ``interpolate(mode="linear", align_corners=False)``)."""
+    n = x.shape[0]
+    src = np.maximum((np.arange(size) + 0.5) * (n / size) - 0.5, 0.0)
+    i0 = np.minimum(np.floor(src).astype(np.int64), n - 1)
+    i1 = np.minimum(i0 + 1, n - 1)
+    lam = src - i0
+    return x[i0] * (1 - lam) + x[i1] * lam
+
+
+def rms_mix(source16k: np.ndarray, out: np.ndarray, out_sr: int, rate: float) -> np.ndarray:
+    """Give ``out`` the loudness envelope of the input: ``out · rms_in^(1−rate) · rms_out^(rate−1)``."""
+    rms_in = interpolate_linear(rms_envelope(source16k, SAMPLE_RATE), out.shape[0])
+    rms_out = np.maximum(interpolate_linear(rms_envelope(out, out_sr), out.shape[0]), 1e-6)
+    return (out * (np.power(rms_in, 1 - rate) * np.power(rms_out, rate - 1))).astype(np.float32)
+
+
+def peak_normalise(audio: np.ndarray) -> np.ndarray:
+    """Scale down so the peak is ``OUTPUT_PEAK`` when it is louder."""
+    peak = np.abs(audio).max() / OUTPUT_PEAK if audio.size else 0.0
+    return (audio / peak if peak > 1 else audio).astype(np.float32)
+
+
+# -- composition ------------------------------------------------------------------------------------------------
+
+
+def plan_pieces(audio: np.ndarray) -> list[tuple[int, int | None, int, int | None]]:
+    """``(start, end, f0_start, f0_end)`` of each piece of the padded audio, in samples and F0 frames
+    (exactly as the reference slices ``audio_pad`` and the pitch arrays; ``None`` = to the end)."""
+    t_pad2 = 2 * SAMPLE_RATE * X_PAD
+    bounds, s, t = [], 0, None
+    for t in cut_points(audio):
+        t = t // WINDOW * WINDOW
+        bounds.append((s, t + t_pad2 + WINDOW, s // WINDOW, (t + t_pad2) // WINDOW))
+        s = t
+    start = t if t is not None else 0
+    bounds.append((start, None, start // WINDOW, None))
+    return bounds
+
+
+class VoiceConverter:
+    """A loaded voice plus base models; converts many clips.
+
+    >>> vc = VoiceConverter.load("voice.safetensors", hubert="hubert.safetensors", rmvpe="rmvpe.safetensors")
+    >>> out, sr = vc.convert(audio, 44100, ConversionOptions(pitch=12))
+    """
+
+    def __init__(self, synthesizer, hubert, index=None, f0_models: dict[str, str] | None = None):
+        self.synthesizer = synthesizer
+        self.hubert = hubert
+        self.index = index
+        self.f0_models = dict(f0_models or {})
+        if index is not None:
+            index.check_dim(synthesizer.config.feature_dim)
+
+    @property
+    def sample_rate(self) -> int:
+        return self.synthesizer.config.sample_rate
+
+    @classmethod
+    def load(cls, voice, hubert, rmvpe=None, index=None, crepe=None, fcpe=None) -> "VoiceConverter":
+        """Load converted model files (paths). ``index``: a faiss ``.index`` path or None."""
+        from .models.hubert import Hubert
+        from .models.synthesizer import Synthesizer
+        from .retrieval import FeatureIndex
+
+        synth = Synthesizer.load(voice)
+        hub = Hubert.load(hubert)
+        idx = FeatureIndex.load(index) if index else None
+        models = {k: str(v) for k, v in (("rmvpe", rmvpe), ("crepe", crepe), ("fcpe", fcpe)) if v}
+        return cls(synth, hub, idx, models)
+
+    # individual stages, also used by the stage-dump tool ------------------------------------------------------
+
+    def content_features(self, audio16k: np.ndarray) -> np.ndarray:
+        """HuBERT features (T, D) @50 fps as the voice's version expects (v1: layer 9 + final_proj; v2: layer 12)."""
+        return self.hubert.features(audio16k.astype(np.float32), version=self.synthesizer.config.version)
+
+    def f0(self, padded16k: np.ndarray, options: ConversionOptions) -> tuple[np.ndarray, np.ndarray]:
+        """(coarse pitch (T,) int32, f0 (T,) float32 Hz) for the whole padded audio, post-processed."""
+        from .f0 import F0Options, estimate
+        from .f0 import postprocess as pp
+
+        opts = F0Options(
+            rmvpe_path=self.f0_models.get("rmvpe"),
+            crepe_path=self.f0_models.get("crepe"),
+            fcpe_path=self.f0_models.get("fcpe"),
+        )
+        f0 = estimate(options.f0_method, padded16k, opts).astype(np.float64)
+        p_len = padded16k.shape[0] // WINDOW
+        if options.f0_method == "harvest" and options.filter_radius > 2:
+            f0 = pp.median_filter(f0, 3)
+        if options.autotune > 0:
+            f0 = pp.autotune(f0, options.autotune)
+        f0 = pp.shift(f0, options.pitch)
+        if options.f0_file:
+            f0 = pp.replace_from_file(f0, options.f0_file, offset_frames=X_PAD * SAMPLE_RATE // WINDOW)
+        f0 = f0[:p_len]
+        return pp.coarse(f0)[:p_len], f0.astype(np.float32)
+
+    def convert_piece(self, piece: np.ndarray, pitch, f0, options: ConversionOptions) -> np.ndarray:
+        """One padded piece of 16 kHz audio -> model-rate audio (untrimmed), as the reference's ``vc``."""
+        cfg = self.synthesizer.config
+        feats = self.content_features(piece)
+        protect_on = options.protect < PROTECT_OFF and cfg.use_f0
+        feats0 = feats
+        if self.index is not None and options.index_rate != 0:
+            feats = self.index.blend(feats, options.index_rate)
+        feats = upsample2(feats)
+        p_len = min(piece.shape[0] // WINDOW, feats.shape[0])
+        feats = feats[:p_len]
+        if cfg.use_f0:
+            pitch, f0 = pitch[:p_len], f0[:p_len]
+            if protect_on:
+                feats = protect_unvoiced(feats, upsample2(feats0)[:p_len], f0, options.protect)
+        noise = "none" if options.deterministic else "default"
+        if not cfg.use_f0:
+            return self.synthesizer.synthesize(feats, sid=options.sid, noise=noise, seed=options.seed)
+        return self.synthesizer.synthesize(feats, pitch, f0, sid=options.sid, noise=noise, seed=options.seed)
+
+    def convert(self, audio: np.ndarray, sr: int, options: ConversionOptions | None = None):
+        """Convert mono float audio at ``sr``. Returns ``(audio float32 in [-1, 1], sample_rate)``."""
+        options = (options or ConversionOptions()).validate()
+        cfg = self.synthesizer.config
+        if not 0 <= options.sid < cfg.n_speakers:
+            raise InputError(f"speaker id {options.sid} is out of range: this model has {cfg.n_speakers} speaker(s)")
+        audio16k = audio_io.resample(audio_io.check(audio, sr), sr, SAMPLE_RATE)
+        audio16k = high_pass(normalise_input(audio16k.astype(np.float32)))
+        t_pad = SAMPLE_RATE * X_PAD
+        padded = np.pad(audio16k, (t_pad, t_pad), mode="reflect")
+        pitch = f0 = None
+        if cfg.use_f0:
+            pitch, f0 = self.f0(padded.astype(np.float32), options)
+        trim = cfg.sample_rate * X_PAD
+        pieces = []
+        for start, end, f_start, f_end in plan_pieces(audio16k):
+            piece = padded[start:end].astype(np.float32)
+            p = f = None
+            if cfg.use_f0:
+                p, f = pitch[f_start:f_end], f0[f_start:f_end]
+            pieces.append(self.convert_piece(piece, p, f, options)[trim:-trim])
+        out = np.concatenate(pieces)
+        if options.rms_mix_rate != 1:
+            out = rms_mix(audio16k, out, cfg.sample_rate, options.rms_mix_rate)
+        out_sr = cfg.sample_rate
+        if options.resample_sr >= SAMPLE_RATE and options.resample_sr != cfg.sample_rate:
+            out, out_sr = audio_io.resample(out, cfg.sample_rate, options.resample_sr), options.resample_sr
+        return peak_normalise(out), out_sr
