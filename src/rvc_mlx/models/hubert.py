@@ -1,0 +1,301 @@
+"""HuBERT-base / ContentVec content encoder (RVC's "hubert_base.pt") in MLX.
+
+Network (16 kHz audio in, 50 frames/s out; channels last inside)::
+
+    audio (B, N) -> 7 Conv1d (512 ch, kernels 10,3,3,3,3,2,2, strides 5,2,2,2,2,2,2, no bias), exact GELU;
+                    layer 0 also has GroupNorm(512, 512): per-channel normalisation over time
+                 -> LayerNorm(512) -> Linear(512 -> 768)
+                 -> x + GELU(pos_conv(x)[:-1])   (Conv1d kernel 128, padding 64, groups 16; last frame dropped)
+                 -> LayerNorm(768) -> 12 post-LN transformer layers (12 heads, FFN 3072, GELU)
+                 -> optional final_proj Linear(768 -> 256)
+
+Which layer RVC uses (checked against fairseq and transformers):
+
+- fairseq ``HubertModel.extract_features(source, padding_mask, output_layer=L)`` runs the encoder with
+  ``tgt_layer = L - 1`` and returns the output of the L-th transformer layer (1-based), i.e. *after* that layer's
+  final LayerNorm (HuBERT-base is post-LN, ``layer_norm_first=False``, so no extra encoder LayerNorm follows).
+- transformers ``HubertModel(..., output_hidden_states=True).hidden_states`` has 13 entries: index 0 is the
+  encoder input after ``encoder.layer_norm``, index ``i`` is the output of layer ``i``. So fairseq
+  ``output_layer=L`` == transformers ``hidden_states[L]``; ``hidden_states[12]`` == ``last_hidden_state``.
+- RVC v1 voices: ``final_proj(extract_features(output_layer=9)[0])`` -> (T, 256).
+  RVC v2 voices: ``extract_features(output_layer=12)[0]`` -> (T, 768).
+- RVC passes ``padding_mask`` all False (one unpadded utterance), which changes nothing; here no mask is used.
+
+Frame count: ``T = conv_out(N)`` with ``conv_out(n) = (n - k) // s + 1`` applied per conv layer
+(≈ N / 320, 50 fps); inputs shorter than 400 samples give no frame.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from ..backend import configure_mlx
+from ..errors import AudioError, InputError
+from ..nn.gelu import gelu
+from ..store import load, load_into
+
+GROUP_NORM_EPS = 1e-5  # torch GroupNorm / fairseq Fp32GroupNorm default
+V1_LAYER = 9  # RVC v1: final_proj(layer 9) -> 256-d
+V2_LAYER = 12  # RVC v2: layer 12 -> 768-d
+RVC_LAYERS = {"v1": (V1_LAYER, True), "v2": (V2_LAYER, False)}
+
+
+@dataclass
+class HubertConfig:
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    conv_dim: tuple = (512,) * 7
+    conv_kernel: tuple = (10, 3, 3, 3, 3, 2, 2)
+    conv_stride: tuple = (5, 2, 2, 2, 2, 2, 2)
+    num_conv_pos_embeddings: int = 128
+    num_conv_pos_embedding_groups: int = 16
+    layer_norm_eps: float = 1e-5
+    has_final_proj: bool = True
+    final_proj_dim: int | None = 256
+    sample_rate: int = 16000
+    embedder: str | None = None
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "HubertConfig":
+        names = {f.name for f in fields(cls)}
+        kw = {k: v for k, v in d.items() if k in names}
+        for k in ("conv_dim", "conv_kernel", "conv_stride"):
+            if k in kw:
+                kw[k] = tuple(kw[k])
+        return cls(**kw)
+
+    def num_frames(self, num_samples: int) -> int:
+        """Output frames for ``num_samples`` input samples (0 when too short)."""
+        n = num_samples
+        for k, s in zip(self.conv_kernel, self.conv_stride):
+            if n < k:
+                return 0
+            n = (n - k) // s + 1
+        return n
+
+    @property
+    def min_samples(self) -> int:
+        """Fewest input samples that give one output frame (400 for HuBERT-base)."""
+        n = 1
+        for k, s in zip(reversed(self.conv_kernel), reversed(self.conv_stride)):
+            n = (n - 1) * s + k
+        return n
+
+
+class ChannelNorm(nn.Module):
+    """``GroupNorm(C, C)``: each channel normalised over time (and nothing else), then scaled and shifted.
+
+    Attribute names mirror torch's GroupNorm (``weight``, ``bias``)."""
+
+    def __init__(self, channels: int, eps: float = GROUP_NORM_EPS):
+        super().__init__()
+        self.eps = eps
+        self.weight = mx.ones((channels,))
+        self.bias = mx.zeros((channels,))
+
+    def __call__(self, x: mx.array) -> mx.array:
+        """x: (B, T, C) -> (B, T, C)."""
+        mean = mx.mean(x, axis=1, keepdims=True)
+        xc = x - mean
+        var = mx.mean(mx.square(xc), axis=1, keepdims=True)
+        scale = mx.rsqrt(var + self.eps) * self.weight
+        return xc * scale + self.bias
+
+
+class FeatureConvLayer(nn.Module):
+    def __init__(self, in_dim: int, out_dim: int, kernel: int, stride: int, group_norm: bool):
+        super().__init__()
+        self.conv = nn.Conv1d(in_dim, out_dim, kernel, stride=stride, bias=False)
+        if group_norm:
+            self.layer_norm = ChannelNorm(out_dim)
+
+    def __call__(self, x: mx.array) -> mx.array:
+        """x: (B, N, C_in) -> (B, (N - k) // s + 1, C_out)."""
+        x = self.conv(x)
+        if "layer_norm" in self:
+            x = self.layer_norm(x)
+        return gelu(x)
+
+
+class FeatureEncoder(nn.Module):
+    def __init__(self, cfg: HubertConfig):
+        super().__init__()
+        dims = (1,) + tuple(cfg.conv_dim)
+        self.conv_layers = [
+            FeatureConvLayer(dims[i], dims[i + 1], k, s, group_norm=(i == 0))
+            for i, (k, s) in enumerate(zip(cfg.conv_kernel, cfg.conv_stride))
+        ]
+
+    def __call__(self, audio: mx.array) -> mx.array:
+        """audio: (B, N) -> (B, T, 512)."""
+        x = audio[:, :, None]
+        for layer in self.conv_layers:
+            x = layer(x)
+        return x
+
+
+class FeatureProjection(nn.Module):
+    def __init__(self, cfg: HubertConfig):
+        super().__init__()
+        self.layer_norm = nn.LayerNorm(cfg.conv_dim[-1], eps=cfg.layer_norm_eps)
+        self.projection = nn.Linear(cfg.conv_dim[-1], cfg.hidden_size)
+
+    def __call__(self, x: mx.array) -> mx.array:
+        """(B, T, 512) -> (B, T, 768)."""
+        return self.projection(self.layer_norm(x))
+
+
+class PositionalConvEmbedding(nn.Module):
+    """Grouped conv with 'same' padding for an even kernel: pad k/2 both sides, drop the extra last frame."""
+
+    def __init__(self, cfg: HubertConfig):
+        super().__init__()
+        k = cfg.num_conv_pos_embeddings
+        self.conv = nn.Conv1d(
+            cfg.hidden_size, cfg.hidden_size, k, padding=k // 2, groups=cfg.num_conv_pos_embedding_groups
+        )
+        self.num_pad_remove = 1 if k % 2 == 0 else 0
+
+    def __call__(self, x: mx.array) -> mx.array:
+        """(B, T, C) -> (B, T, C)."""
+        y = self.conv(x)
+        if self.num_pad_remove:
+            y = y[:, : -self.num_pad_remove]
+        return gelu(y)
+
+
+class Attention(nn.Module):
+    def __init__(self, dims: int, num_heads: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.scale = (dims // num_heads) ** -0.5
+        self.q_proj = nn.Linear(dims, dims)
+        self.k_proj = nn.Linear(dims, dims)
+        self.v_proj = nn.Linear(dims, dims)
+        self.out_proj = nn.Linear(dims, dims)
+
+    def __call__(self, x: mx.array) -> mx.array:
+        """(B, T, C) -> (B, T, C); full (unmasked) self-attention."""
+        B, T, C = x.shape
+        h = self.num_heads
+
+        def heads(y):
+            return y.reshape(B, T, h, C // h).transpose(0, 2, 1, 3)
+
+        q, k, v = heads(self.q_proj(x)), heads(self.k_proj(x)), heads(self.v_proj(x))
+        o = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale)
+        return self.out_proj(o.transpose(0, 2, 1, 3).reshape(B, T, C))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, dims: int, hidden: int):
+        super().__init__()
+        self.intermediate_dense = nn.Linear(dims, hidden)
+        self.output_dense = nn.Linear(hidden, dims)
+
+    def __call__(self, x: mx.array) -> mx.array:
+        return self.output_dense(gelu(self.intermediate_dense(x)))
+
+
+class EncoderLayer(nn.Module):
+    """Post-LN transformer layer: ``x = LN(x + attn(x)); x = LN(x + ffn(x))``."""
+
+    def __init__(self, cfg: HubertConfig):
+        super().__init__()
+        self.attention = Attention(cfg.hidden_size, cfg.num_attention_heads)
+        self.layer_norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.feed_forward = FeedForward(cfg.hidden_size, cfg.intermediate_size)
+        self.final_layer_norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+
+    def __call__(self, x: mx.array) -> mx.array:
+        x = self.layer_norm(x + self.attention(x))
+        return self.final_layer_norm(x + self.feed_forward(x))
+
+
+class Encoder(nn.Module):
+    def __init__(self, cfg: HubertConfig):
+        super().__init__()
+        self.pos_conv_embed = PositionalConvEmbedding(cfg)
+        self.layer_norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.layers = [EncoderLayer(cfg) for _ in range(cfg.num_hidden_layers)]
+
+    def __call__(self, x: mx.array, output_layer: int | None = None) -> list[mx.array]:
+        """(B, T, C) -> hidden states ``[h0, h1, ..., h_L]`` where ``h0`` is the input to layer 1 and ``h_i`` the
+        output of layer ``i``; stops after ``output_layer`` (default: all layers)."""
+        x = self.layer_norm(x + self.pos_conv_embed(x))
+        states = [x]
+        for layer in self.layers[: output_layer if output_layer is not None else len(self.layers)]:
+            x = layer(x)
+            states.append(x)
+        return states
+
+
+class Hubert(nn.Module):
+    def __init__(self, cfg: HubertConfig):
+        super().__init__()
+        configure_mlx()
+        self.config = cfg
+        self.feature_extractor = FeatureEncoder(cfg)
+        self.feature_projection = FeatureProjection(cfg)
+        self.encoder = Encoder(cfg)
+        if cfg.has_final_proj:
+            self.final_proj = nn.Linear(cfg.hidden_size, cfg.final_proj_dim)
+
+    @classmethod
+    def load(cls, path) -> "Hubert":
+        """Load a converted ``kind: hubert`` file strictly."""
+        weights, config = load(path, kind="hubert")
+        model = cls(HubertConfig.from_dict(config))
+        load_into(model, weights, source=str(Path(path)))
+        model.eval()
+        return model
+
+    def hidden_states(self, audio: mx.array, output_layer: int | None = None) -> list[mx.array]:
+        """audio: (B, N) float32 at 16 kHz -> ``[h0 .. h_L]``, each (B, T, hidden) (transformers'
+        ``hidden_states`` indexing; see the module docstring)."""
+        x = self.feature_extractor(audio)
+        x = self.feature_projection(x)
+        return self.encoder(x, output_layer)
+
+    def __call__(self, audio: mx.array, layer: int | None = None, final_proj: bool = False) -> mx.array:
+        """audio: (B, N) -> (B, T, C): output of transformer ``layer`` (1-based, default last), optionally
+        through ``final_proj``."""
+        n_layers = self.config.num_hidden_layers
+        layer = n_layers if layer is None else layer
+        if not 1 <= layer <= n_layers:
+            raise InputError(f"HuBERT layer must be 1..{n_layers}, got {layer}")
+        x = self.hidden_states(audio, layer)[layer]
+        if final_proj:
+            if "final_proj" not in self:
+                raise InputError("this HuBERT model has no final_proj (needed for RVC v1 voices)")
+            x = self.final_proj(x)
+        return x
+
+    def extract(self, audio, layer: int = V2_LAYER, final_proj: bool = False) -> mx.array:
+        """audio: (N,) float32 mono 16 kHz (numpy or mx) -> features (T, C) at 50 fps, evaluated.
+
+        ``layer`` has fairseq ``output_layer`` semantics (== transformers ``hidden_states[layer]``)."""
+        audio = mx.array(audio, dtype=mx.float32)
+        if audio.ndim != 1:
+            raise AudioError(f"HuBERT expects mono audio of shape (N,), got shape {tuple(audio.shape)}")
+        if audio.shape[0] < self.config.min_samples:
+            raise AudioError(
+                f"audio too short for HuBERT: {audio.shape[0]} samples at 16 kHz, need at least "
+                f"{self.config.min_samples}"
+            )
+        out = self(audio[None], layer, final_proj)[0]
+        mx.eval(out)
+        return out
+
+    def extract_rvc(self, audio, version: str) -> mx.array:
+        """RVC features: v1 -> final_proj(layer 9) (T, 256); v2 -> layer 12 (T, 768)."""
+        if version not in RVC_LAYERS:
+            raise InputError(f"RVC version must be 'v1' or 'v2', got {version!r}")
+        layer, proj = RVC_LAYERS[version]
+        return self.extract(audio, layer, proj)
