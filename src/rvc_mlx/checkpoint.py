@@ -82,6 +82,8 @@ _SAFE_BUILTINS = {
     "dict": dict, "list": list, "tuple": tuple, "set": set, "frozenset": frozenset, "int": int, "float": float,
     "str": str, "bytes": bytes, "bytearray": bytearray, "bool": bool, "complex": complex, "slice": slice,
     "range": range, "object": object, "NoneType": type(None),
+    # protocol-2 pickles spell builtins.int/str by their Python 2 names (fairseq cfg: omegaconf ListConfig key_type)
+    "long": int, "unicode": str,
 }
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 _LEGACY_PROTOCOL = 1001
