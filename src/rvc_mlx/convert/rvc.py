@@ -1,0 +1,215 @@
+"""RVC voice models (RVC-Project and Applio ``.pth`` exports) -> rvc-mlx ``voice`` format.
+
+Input: the plain checkpoint dict from the safe reader::
+
+    weight   state dict of numpy arrays (usually float16), enc_q already removed by RVC's export
+    config   RVC's positional 18-item list (see CONFIG_FIELDS)
+    f0       1 (pitch-guided, NSF decoder) or 0
+    version  "v1" (256-d features) or "v2" (768-d)
+    sr       "40k" (RVC-Project) or 40000 (Applio)
+    info     free text
+    Applio also: embedder_model, vocoder, speakers_id, model_name, author, ...
+
+Weight norm is fused in float32; layouts follow the module type in ``RULES``; ``DROP`` lists what is discarded
+on purpose. Every source tensor is mapped or dropped, otherwise conversion fails. Parameter names are kept
+(``flow.flows.{0,2,4,6}`` stay as they are: the MLX flow keeps weightless Flip modules at the odd indices).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..errors import ConversionError
+from .common import Rule, apply_rules, fuse_weight_norms
+
+CONFIG_FIELDS = (
+    "spec_channels",
+    "segment_size",
+    "inter_channels",
+    "hidden_channels",
+    "filter_channels",
+    "n_heads",
+    "n_layers",
+    "kernel_size",
+    "p_dropout",
+    "resblock",
+    "resblock_kernel_sizes",
+    "resblock_dilation_sizes",
+    "upsample_rates",
+    "upsample_initial_channel",
+    "upsample_kernel_sizes",
+    "spk_embed_dim",
+    "gin_channels",
+    "sr",
+)
+FEATURE_DIMS = {"v1": 256, "v2": 768}
+SAMPLE_RATE_NAMES = {"32k": 32000, "40k": 40000, "48k": 48000}
+FRAME_RATE = 100  # synthesizer frames per second: prod(upsample_rates) == sample_rate / FRAME_RATE
+SUPPORTED_VOCODERS = ("hifi-gan", "hifigan")
+DEFAULT_EMBEDDER = "contentvec"  # RVC-Project's hubert_base.pt is the ContentVec model Applio calls "contentvec"
+
+# Conv1d modules by name pattern; their biases are kept as they are.
+_CONV1D = (
+    r"enc_p\.encoder\.attn_layers\.\d+\.conv_[qkvo]",
+    r"enc_p\.encoder\.ffn_layers\.\d+\.conv_[12]",
+    r"enc_p\.proj",
+    r"flow\.flows\.\d*[02468]\.(pre|post)",
+    r"flow\.flows\.\d*[02468]\.enc\.(in_layers|res_skip_layers)\.\d+",
+    r"flow\.flows\.\d*[02468]\.enc\.cond_layer",
+    r"dec\.(conv_pre|conv_post|cond)",
+    r"dec\.noise_convs\.\d+",
+    r"dec\.resblocks\.\d+\.convs[12]\.\d+",
+)
+_CONV_TRANSPOSE1D = (r"dec\.ups\.\d+",)
+_KEEP = (
+    r"emb_g\.weight",
+    r"enc_p\.emb_phone\.(weight|bias)",
+    r"enc_p\.emb_pitch\.weight",
+    r"enc_p\.encoder\.attn_layers\.\d+\.emb_rel_[kv]",
+    r"enc_p\.encoder\.norm_layers_[12]\.\d+\.(gamma|beta)",
+    r"dec\.m_source\.l_linear\.(weight|bias)",
+)
+
+RULES = (
+    [Rule(m + r"\.weight", "conv1d") for m in _CONV1D]
+    + [Rule(m + r"\.weight", "conv_transpose1d") for m in _CONV_TRANSPOSE1D]
+    + [Rule(m + r"\.bias") for m in _CONV1D + _CONV_TRANSPOSE1D]
+    + [Rule(k) for k in _KEEP]
+)
+# Training-only parts: the posterior encoder (RVC's export drops it already; training states keep it).
+DROP = [r"enc_q\..*"]
+
+
+def is_training_checkpoint(ckpt) -> bool:
+    """A generator training state (``G_*.pth``): ``model`` state dict plus optimizer/iteration, no ``weight``."""
+    return isinstance(ckpt, dict) and "weight" not in ckpt and isinstance(ckpt.get("model"), dict) and (
+        "optimizer" in ckpt or "iteration" in ckpt or "learning_rate" in ckpt
+    ) and any(str(k).startswith(("enc_p.", "dec.", "flow.")) for k in ckpt["model"])
+
+
+def is_voice_checkpoint(ckpt) -> bool:
+    """Whether ``ckpt`` looks like an RVC voice model (an export, or a training state that
+    :func:`convert_voice` will refuse with a helpful message)."""
+    if not isinstance(ckpt, dict):
+        return False
+    if is_training_checkpoint(ckpt):
+        return True
+    weight = ckpt.get("weight")
+    return isinstance(weight, dict) and "emb_g.weight" in weight and any(
+        str(k).startswith("enc_p.") for k in weight
+    )
+
+
+def _sample_rate(value, source: str) -> int:
+    if isinstance(value, str):
+        if value in SAMPLE_RATE_NAMES:
+            return SAMPLE_RATE_NAMES[value]
+        if value.isdigit():
+            return int(value)
+        raise ConversionError(f"{source}: unknown sample rate {value!r}")
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise ConversionError(f"{source}: unknown sample rate {value!r}") from None
+
+
+def _named_config(ckpt: dict, weights: dict[str, np.ndarray], source: str) -> dict:
+    raw = ckpt.get("config")
+    if not isinstance(raw, (list, tuple)) or len(raw) != len(CONFIG_FIELDS):
+        raise ConversionError(
+            f"{source}: 'config' must be RVC's {len(CONFIG_FIELDS)}-item list, got "
+            f"{type(raw).__name__}{'' if not isinstance(raw, (list, tuple)) else f' of {len(raw)} items'}"
+        )
+    c = dict(zip(CONFIG_FIELDS, raw))
+    if str(c["resblock"]) != "1":
+        raise ConversionError(f"{source}: resblock type {c['resblock']!r} is not supported (only RVC's '1')")
+
+    version = ckpt.get("version", "v1")
+    if version not in FEATURE_DIMS:
+        raise ConversionError(f"{source}: unknown RVC version {version!r} (expected v1 or v2)")
+    phone = weights.get("enc_p.emb_phone.weight")
+    if phone is None or phone.ndim != 2:
+        raise ConversionError(f"{source}: no enc_p.emb_phone.weight; not an RVC voice model")
+    feature_dim = int(phone.shape[1])
+    if feature_dim != FEATURE_DIMS[version]:
+        raise ConversionError(
+            f"{source}: version {version} expects {FEATURE_DIMS[version]}-d features but the model takes {feature_dim}-d"
+        )
+
+    use_f0 = bool(int(ckpt.get("f0", 1)))
+    has_source = any(k.startswith("dec.m_source.") for k in weights)
+    has_pitch = "enc_p.emb_pitch.weight" in weights
+    if use_f0 != has_source or use_f0 != has_pitch:
+        raise ConversionError(
+            f"{source}: f0={int(use_f0)} but the weights {'lack' if use_f0 else 'contain'} the pitch layers"
+        )
+
+    sample_rate = _sample_rate(ckpt.get("sr", c["sr"]), source)
+    if _sample_rate(c["sr"], source) != sample_rate:
+        raise ConversionError(f"{source}: sr {ckpt.get('sr')!r} disagrees with config sample rate {c['sr']!r}")
+    rates = [int(u) for u in c["upsample_rates"]]
+    if math.prod(rates) * FRAME_RATE != sample_rate:
+        raise ConversionError(
+            f"{source}: upsample rates {rates} give {math.prod(rates) * FRAME_RATE} Hz, not the model's {sample_rate} Hz"
+        )
+    kernels = [int(k) for k in c["upsample_kernel_sizes"]]
+    if len(kernels) < len(rates) or any((k - u) % 2 for k, u in zip(kernels, rates)):
+        raise ConversionError(f"{source}: upsample kernels {kernels} do not fit rates {rates}")
+
+    vocoder = str(ckpt.get("vocoder", "HiFi-GAN"))
+    if vocoder.lower() not in SUPPORTED_VOCODERS:
+        raise ConversionError(
+            f"{source}: vocoder {vocoder!r} is not supported (only HiFi-GAN voice models can be converted)"
+        )
+    embedder = ckpt.get("embedder_model") or DEFAULT_EMBEDDER
+    info = ckpt.get("info")
+    return {
+        "kind": "voice",
+        "version": version,
+        "sample_rate": sample_rate,
+        "use_f0": use_f0,
+        "feature_dim": feature_dim,
+        "n_speakers": int(weights["emb_g.weight"].shape[0]),
+        "inter_channels": int(c["inter_channels"]),
+        "hidden_channels": int(c["hidden_channels"]),
+        "filter_channels": int(c["filter_channels"]),
+        "n_heads": int(c["n_heads"]),
+        "n_layers": int(c["n_layers"]),
+        "kernel_size": int(c["kernel_size"]),
+        "resblock_kernel_sizes": [int(k) for k in c["resblock_kernel_sizes"]],
+        "resblock_dilation_sizes": [[int(d) for d in ds] for ds in c["resblock_dilation_sizes"]],
+        "upsample_rates": rates,
+        "upsample_initial_channel": int(c["upsample_initial_channel"]),
+        "upsample_kernel_sizes": kernels[: len(rates)],
+        "gin_channels": int(c["gin_channels"]),
+        "vocoder": "HiFi-GAN",
+        "embedder": str(embedder),
+        "info": "" if info is None else str(info),
+    }
+
+
+def convert_voice(ckpt: dict, source: str = "checkpoint") -> tuple[dict[str, np.ndarray], dict]:
+    """Convert an RVC voice checkpoint dict. Returns ``(weights in MLX layout (float32), named config)``.
+
+    Raises ``ConversionError`` (one line naming ``source``) for training states, unsupported vocoders,
+    inconsistent configs and unrecognised tensors.
+    """
+    if is_training_checkpoint(ckpt):
+        raise ConversionError(
+            f"{source}: is a training checkpoint (G_*.pth: model + optimizer state, no config); "
+            "pass the exported small model from RVC's weights folder (assets/weights/<name>.pth) instead"
+        )
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("weight"), dict):
+        raise ConversionError(f"{source}: not an RVC voice model (no 'weight' state dict)")
+    state = {str(k): np.asarray(v) for k, v in ckpt["weight"].items()}
+    vocoder = str(ckpt.get("vocoder", "HiFi-GAN"))
+    if vocoder.lower() not in SUPPORTED_VOCODERS:
+        raise ConversionError(
+            f"{source}: vocoder {vocoder!r} is not supported (only HiFi-GAN voice models can be converted)"
+        )
+    state = fuse_weight_norms(state)  # RVC uses weight norm with dim 0 everywhere
+    weights = apply_rules(state, RULES, DROP, source)
+    config = _named_config(ckpt, weights, source)
+    return weights, config

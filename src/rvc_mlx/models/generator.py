@@ -1,0 +1,172 @@
+"""RVC's decoder: NSF-HiFiGAN (f0 models) or plain HiFi-GAN (no-f0 models), one class with an optional source.
+
+Channels-last throughout: latent ``(B, T, inter_channels)`` at the frame rate -> audio ``(B, T·upp, 1)`` where
+``upp = prod(upsample_rates)`` (samples per 100 fps frame, e.g. 400 at 40 kHz).
+
+The NSF source (``m_source``) turns f0 into a sine excitation the way rvc==0.3.5's ``SineGen`` does:
+phase = cumulative sum of ``f0/sr`` per sample (frame values held for ``upp`` samples), sine amplitude 0.1,
+unvoiced samples replaced by noise of std 0.1/3 and voiced ones get additive noise of std 0.003;
+``source = tanh(Linear(1→1)(sine))``. The phase is accumulated in float64 (torch's CPU cumsum accumulates in
+double too), so long files do not drift.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from ..nn.conv import Conv1d, ConvTranspose1d
+
+LRELU_SLOPE = 0.1  # inside the upsampling stages and resblocks
+POST_LRELU_SLOPE = 0.01  # F.leaky_relu default, before conv_post
+SINE_AMP = 0.1
+NOISE_STD = 0.003  # additive noise on voiced samples
+UNVOICED_NOISE_STD = SINE_AMP / 3
+VOICED_THRESHOLD = 0.0
+
+
+@dataclass
+class SourceNoise:
+    """Random inputs of the NSF source. ``None`` fields are drawn by the caller's policy (see Synthesizer).
+
+    ``phase``: initial phase of the fundamental, in cycles (scalar or ``(B,)``).
+    ``noise``: standard-normal additive noise ``(B, T·upp)``.
+    """
+
+    phase: mx.array | float | None = None
+    noise: mx.array | None = None
+
+
+def leaky_relu(x: mx.array, slope: float) -> mx.array:
+    return mx.maximum(x, slope * x)
+
+
+def sine_phase(f0: mx.array, upp: int, sample_rate: int, phase: mx.array | float | None = None) -> mx.array:
+    """Phase in cycles, wrapped to [0, 1), of the NSF sine. ``f0 (B, T)`` Hz -> ``(B, T·upp)`` float32.
+
+    Sample ``k`` of frame ``f`` has phase ``upp·Σ_{f'<f} rad[f'] + (k+1)·rad[f]`` with ``rad = (f0/sr) mod 1``
+    (rvc's cumulative sum of the per-sample increments; its wrap bookkeeping only adds whole cycles).
+    An initial phase is added to frame 0's increment, as rvc does with its ``rand_ini``.
+    """
+    rad = mx.remainder(f0.astype(mx.float32) / sample_rate, 1.0)
+    if phase is not None:
+        first = rad[:, :1] + mx.array(phase, dtype=mx.float32).reshape(-1, 1)
+        rad = mx.concatenate([first, rad[:, 1:]], axis=1)
+    # float64 lives on the CPU stream only; this is O(samples) work either way.
+    with mx.stream(mx.cpu):
+        rad64 = rad.astype(mx.float64)
+        start = mx.cumsum(rad64, axis=1, inclusive=False) * upp  # (B, T)
+        start = start - mx.floor(start)
+        k = mx.arange(1, upp + 1, dtype=mx.float64)
+        ph = start[:, :, None] + k[None, None, :] * rad64[:, :, None]  # (B, T, upp)
+        ph = ph - mx.floor(ph)
+        ph = ph.reshape(ph.shape[0], -1).astype(mx.float32)
+    return ph
+
+
+class SourceModuleHnNSF(nn.Module):
+    """f0 ``(B, T)`` -> excitation ``(B, T·upp, 1)``; parameters ``l_linear`` (Linear 1→1)."""
+
+    def __init__(self, sample_rate: int):
+        super().__init__()
+        self.sample_rate = sample_rate
+        self.l_linear = nn.Linear(1, 1)
+
+    def __call__(self, f0: mx.array, upp: int, noise: SourceNoise) -> mx.array:
+        ph = sine_phase(f0, upp, self.sample_rate, noise.phase)
+        sine = mx.sin(ph * 2 * math.pi) * SINE_AMP
+        uv = mx.repeat((f0 > VOICED_THRESHOLD).astype(mx.float32), upp, axis=1)
+        sine = sine * uv
+        if noise.noise is not None:
+            amp = uv * NOISE_STD + (1 - uv) * UNVOICED_NOISE_STD
+            sine = sine + amp * noise.noise
+        return mx.tanh(self.l_linear(sine[..., None]))
+
+
+class ResBlock1(nn.Module):
+    """HiFi-GAN ResBlock1: three (dilated conv, conv) pairs with residuals. ``(B, T, C)`` -> same."""
+
+    def __init__(self, channels: int, kernel_size: int, dilations: list[int]):
+        super().__init__()
+        self.convs1 = [
+            Conv1d(channels, channels, kernel_size, padding=d * (kernel_size - 1) // 2, dilation=d) for d in dilations
+        ]
+        self.convs2 = [Conv1d(channels, channels, kernel_size, padding=(kernel_size - 1) // 2) for _ in dilations]
+
+    def __call__(self, x: mx.array) -> mx.array:
+        for c1, c2 in zip(self.convs1, self.convs2):
+            xt = c2(leaky_relu(c1(leaky_relu(x, LRELU_SLOPE)), LRELU_SLOPE))
+            x = xt + x
+        return x
+
+
+class Generator(nn.Module):
+    """HiFi-GAN decoder, with the NSF source when ``sample_rate`` is given (f0 models).
+
+    Parameter names mirror rvc's ``GeneratorNSF``/``Generator``: conv_pre, cond, ups, noise_convs, resblocks,
+    conv_post, m_source.l_linear.
+    """
+
+    def __init__(
+        self,
+        initial_channel: int,
+        resblock_kernel_sizes: list[int],
+        resblock_dilation_sizes: list[list[int]],
+        upsample_rates: list[int],
+        upsample_initial_channel: int,
+        upsample_kernel_sizes: list[int],
+        gin_channels: int,
+        sample_rate: int | None = None,
+    ):
+        super().__init__()
+        self.num_kernels = len(resblock_kernel_sizes)
+        self.upp = math.prod(upsample_rates)
+        self.use_source = sample_rate is not None
+        self.conv_pre = Conv1d(initial_channel, upsample_initial_channel, 7, padding=3)
+        if gin_channels:
+            self.cond = Conv1d(gin_channels, upsample_initial_channel, 1)
+        self.ups = []
+        self.noise_convs = []
+        self.resblocks = []
+        for i, (u, k) in enumerate(zip(upsample_rates, upsample_kernel_sizes)):
+            c_in = upsample_initial_channel // (2**i)
+            c_out = upsample_initial_channel // (2 ** (i + 1))
+            self.ups.append(ConvTranspose1d(c_in, c_out, k, stride=u, padding=(k - u) // 2))
+            if self.use_source:
+                if i + 1 < len(upsample_rates):
+                    s = math.prod(upsample_rates[i + 1 :])
+                    self.noise_convs.append(Conv1d(1, c_out, 2 * s, stride=s, padding=s // 2))
+                else:
+                    self.noise_convs.append(Conv1d(1, c_out, 1))
+            for rk, rd in zip(resblock_kernel_sizes, resblock_dilation_sizes):
+                self.resblocks.append(ResBlock1(c_out, rk, rd))
+        self.conv_post = Conv1d(c_out, 1, 7, padding=3, bias=False)
+        if self.use_source:
+            self.m_source = SourceModuleHnNSF(sample_rate)
+
+    def __call__(
+        self, x: mx.array, f0: mx.array | None = None, g: mx.array | None = None, noise: SourceNoise | None = None
+    ) -> mx.array:
+        """``x (B, T, inter)``, ``f0 (B, T)`` Hz (f0 models), ``g (B, 1, gin)`` -> audio ``(B, T·upp, 1)``."""
+        har = None
+        if self.use_source:
+            if f0 is None:
+                raise ValueError("this generator needs f0")
+            har = self.m_source(f0, self.upp, noise or SourceNoise())
+        x = self.conv_pre(x)
+        if g is not None and "cond" in self:
+            x = x + self.cond(g)
+        for i, up in enumerate(self.ups):
+            x = up(leaky_relu(x, LRELU_SLOPE))
+            if har is not None:
+                x = x + self.noise_convs[i](har)
+            blocks = self.resblocks[i * self.num_kernels : (i + 1) * self.num_kernels]
+            xs = blocks[0](x)
+            for block in blocks[1:]:
+                xs = xs + block(x)
+            x = xs / self.num_kernels
+        x = self.conv_post(leaky_relu(x, POST_LRELU_SLOPE))
+        return mx.tanh(x)

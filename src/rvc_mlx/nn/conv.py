@@ -1,0 +1,167 @@
+"""1-D convolutions with CPU-fast formulations, selectable per device.
+
+MLX's Linux CPU backend runs conv1d with dilation > 1 and conv_transpose1d with stride > 1 as scalar loops
+(100-330x slower than torch, DESIGN §7). On CPU we therefore use:
+
+* dilated conv1d as a chain of per-tap ``mx.addmm`` (one ``(C_in, C_out)`` matrix per tap, accumulating in place);
+* strided conv_transpose1d as a polyphase stride-1 conv: the kernel is zero-padded to ``L·stride`` taps and
+  rearranged once into ``stride`` phase kernels stacked on the output axis; the phase outputs are interleaved.
+
+On Metal, MLX's own kernels are the better choice. ``set_conv_mode("auto" | "cpu" | "native")`` picks the path;
+``auto`` (default) uses the CPU formulations when the default device is the CPU.
+
+Weights stay in the converted MLX layout ``(C_out, K, C_in)``; derived arrangements are cached on the module and
+rebuilt whenever the weight array is replaced (e.g. by ``load_weights``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import mlx.core as mx
+import mlx.nn as nn
+
+CONV_MODES = ("auto", "cpu", "native")
+_state = {"mode": "auto"}
+
+
+def set_conv_mode(mode: str) -> None:
+    """Choose the convolution path: ``cpu`` (fast CPU rewrites), ``native`` (MLX kernels) or ``auto``."""
+    if mode not in CONV_MODES:
+        raise ValueError(f"conv mode must be one of {', '.join(CONV_MODES)}, got {mode!r}")
+    _state["mode"] = mode
+
+
+def get_conv_mode() -> str:
+    return _state["mode"]
+
+
+def use_cpu_formulations() -> bool:
+    """True when the CPU rewrites should be used (mode ``cpu``, or ``auto`` on a CPU default device)."""
+    mode = _state["mode"]
+    if mode == "auto":
+        return mx.default_device() == mx.cpu
+    return mode == "cpu"
+
+
+def _tap_matrices(weight: mx.array) -> list[mx.array]:
+    """``(C_out, K, C_in)`` -> K contiguous ``(C_in, C_out)`` matrices."""
+    taps = [mx.contiguous(weight[:, j, :].T) for j in range(weight.shape[1])]
+    mx.eval(taps)
+    return taps
+
+
+def conv1d_taps(x: mx.array, taps: list[mx.array], bias: mx.array | None, dilation: int, out_len: int) -> mx.array:
+    """Correlation of an already padded ``x (B, T_pad, C_in)`` with per-tap matrices: ``(B, out_len, C_out)``."""
+    acc = None
+    for j, w in enumerate(taps):
+        xs = x[:, j * dilation : j * dilation + out_len, :]
+        if acc is None:
+            acc = xs @ w if bias is None else mx.addmm(bias, xs, w)
+        else:
+            acc = mx.addmm(acc, xs, w)
+    return acc
+
+
+class Conv1d(nn.Module):
+    """``torch.nn.Conv1d`` on channels-last input. ``weight``: ``(C_out, K, C_in)``; input/output ``(B, T, C)``."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int = 1,
+        padding: int = 0,
+        dilation: int = 1,
+        bias: bool = True,
+    ):
+        super().__init__()
+        self.weight = mx.zeros((out_channels, kernel_size, in_channels))
+        if bias:
+            self.bias = mx.zeros((out_channels,))
+        self.stride = stride
+        self.padding = padding
+        self.dilation = dilation
+        self._taps = (None, None)  # (weight it was built from, tap matrices)
+
+    def _tap_cache(self) -> list[mx.array]:
+        if self._taps[0] is not self.weight:
+            self._taps = (self.weight, _tap_matrices(self.weight))
+        return self._taps[1]
+
+    def __call__(self, x: mx.array) -> mx.array:
+        bias = self.get("bias")
+        if self.dilation > 1 and self.stride == 1 and use_cpu_formulations():
+            k = self.weight.shape[1]
+            p = self.padding
+            if p:
+                x = mx.pad(x, [(0, 0), (p, p), (0, 0)])
+            out_len = x.shape[1] - self.dilation * (k - 1)
+            return conv1d_taps(x, self._tap_cache(), bias, self.dilation, out_len)
+        y = mx.conv1d(x, self.weight, stride=self.stride, padding=self.padding, dilation=self.dilation)
+        return y if bias is None else y + bias
+
+
+def polyphase_kernel(weight: mx.array, stride: int, padding: int) -> tuple[mx.array, int, int]:
+    """Rearrange a transposed-conv kernel ``(C_out, K, C_in)`` into a stride-1 conv kernel.
+
+    Output sample ``n = q·s + r`` of a transposed conv is ``Σ_m x[q − m] · W[r + p + m·s]``. Phase ``r`` uses
+    taps ``m ∈ [m_lo, m_hi]``; stacking the ``s`` phases on the output axis gives one ``(s·C_out, L, C_in)`` kernel
+    (``L = m_hi − m_lo + 1``, missing taps zero) applied to ``x`` left-padded by ``m_hi``.
+
+    Returns ``(kernel, L, m_hi)``.
+    """
+    c_out, k, c_in = weight.shape
+    s, p = stride, padding
+    m_hi = (k - 1 - p) // s
+    m_lo = -((s - 1 + p) // s)
+    n_taps = m_hi - m_lo + 1
+    zero = mx.zeros((c_out, c_in), dtype=weight.dtype)
+    phases = []
+    for r in range(s):
+        taps = []
+        for t in range(n_taps):
+            j = r + p + (m_hi - t) * s
+            taps.append(weight[:, j, :] if 0 <= j < k else zero)
+        phases.append(mx.stack(taps, axis=1))  # (C_out, L, C_in)
+    kernel = mx.concatenate(phases, axis=0)  # (s·C_out, L, C_in), phase-major
+    return kernel, n_taps, m_hi
+
+
+class ConvTranspose1d(nn.Module):
+    """``torch.nn.ConvTranspose1d`` on channels-last input. ``weight``: ``(C_out, K, C_in)`` (converted layout);
+    input ``(B, T, C_in)`` -> output ``(B, (T−1)·stride − 2·padding + K, C_out)``."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, padding: int = 0,
+                 bias: bool = True):
+        super().__init__()
+        self.weight = mx.zeros((out_channels, kernel_size, in_channels))
+        if bias:
+            self.bias = mx.zeros((out_channels,))
+        self.stride = stride
+        self.padding = padding
+        self._poly = (None, None)  # (weight it was built from, (tap matrices, n_taps, m_hi))
+
+    def _poly_cache(self):
+        if self._poly[0] is not self.weight:
+            kernel, n_taps, m_hi = polyphase_kernel(self.weight, self.stride, self.padding)
+            self._poly = (self.weight, (_tap_matrices(kernel), n_taps, m_hi))
+        return self._poly[1]
+
+    def __call__(self, x: mx.array) -> mx.array:
+        bias = self.get("bias")
+        c_out, k, _ = self.weight.shape
+        s, p = self.stride, self.padding
+        if s > 1 and use_cpu_formulations():
+            taps, n_taps, m_hi = self._poly_cache()
+            b, t, _ = x.shape
+            out_len = (t - 1) * s - 2 * p + k
+            t_q = math.ceil(out_len / s)
+            right = t_q + n_taps - 1 - m_hi - t
+            x = mx.pad(x, [(0, 0), (m_hi, max(right, 0)), (0, 0)])
+            pbias = None if bias is None else mx.tile(bias, (s,))
+            y = conv1d_taps(x, taps, pbias, 1, t_q)  # (B, t_q, s·C_out), phase-major channels
+            return y.reshape(b, t_q * s, c_out)[:, :out_len, :]
+        y = mx.conv_transpose1d(x, self.weight, stride=s, padding=p)
+        return y if bias is None else y + bias
