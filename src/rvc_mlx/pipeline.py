@@ -14,6 +14,8 @@ Deliberate deviations from the reference, each switchable back:
 
 from __future__ import annotations
 
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import mlx.core as mx
@@ -169,6 +171,19 @@ def peak_normalise(audio: np.ndarray) -> np.ndarray:
     return (audio / peak if peak > 1 else audio).astype(np.float32)
 
 
+@contextmanager
+def timed(timings: dict | None, stage: str):
+    """Add the wall time of the block to ``timings[stage]`` (no-op when ``timings`` is None)."""
+    if timings is None:
+        yield
+        return
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - start
+
+
 # -- composition ------------------------------------------------------------------------------------------------
 
 
@@ -246,18 +261,21 @@ class VoiceConverter:
         f0 = f0[:p_len]
         return pp.coarse(f0)[:p_len], f0.astype(np.float32)
 
-    def convert_piece(self, piece: np.ndarray, pitch, f0, options: ConversionOptions, trace=None) -> np.ndarray:
+    def convert_piece(self, piece: np.ndarray, pitch, f0, options: ConversionOptions, trace=None,
+                      timings=None) -> np.ndarray:
         """One padded piece of 16 kHz audio -> model-rate audio (untrimmed), as the reference's ``vc``.
 
         ``trace`` (a dict or None) receives every intermediate stage (see ``STAGES``)."""
         cfg = self.synthesizer.config
         record = trace.__setitem__ if trace is not None else (lambda name, value: None)
-        feats = self.content_features(piece)
+        with timed(timings, "hubert"):
+            feats = self.content_features(piece)
         record("hubert", feats)
         protect_on = options.protect < PROTECT_OFF and cfg.use_f0
         feats0 = feats
         if self.index is not None and options.index_rate != 0:
-            feats = self.index.blend(feats, options.index_rate)
+            with timed(timings, "retrieval"):
+                feats = self.index.blend(feats, options.index_rate)
         record("retrieved", feats)
         feats = upsample2(feats)
         p_len = min(piece.shape[0] // WINDOW, feats.shape[0])
@@ -270,20 +288,23 @@ class VoiceConverter:
             record("f0_frames", f0)
         record("protected", feats)
         noise = "none" if options.deterministic else "default"
-        stages = self.synthesizer.stages(feats, pitch, f0, sid=options.sid, noise=noise, seed=options.seed)
-        if trace is not None:
+        with timed(timings, "synthesis"):
+            stages = self.synthesizer.stages(feats, pitch, f0, sid=options.sid, noise=noise, seed=options.seed)
             mx.eval(*stages.values())
+            audio = np.array(stages["audio"])
+        if trace is not None:
             for name in ("m_p", "logs_p", "z_p", "z"):
                 record(name, np.array(stages[name][0]))
-        audio = np.array(stages["audio"])
         record("generator", audio)
         return audio
 
-    def convert(self, audio: np.ndarray, sr: int, options: ConversionOptions | None = None, trace=None):
+    def convert(self, audio: np.ndarray, sr: int, options: ConversionOptions | None = None, trace=None,
+                timings=None):
         """Convert mono float audio at ``sr``. Returns ``(audio float32 in [-1, 1], sample_rate)``.
 
         ``trace``: optional dict that receives every stage (``STAGES``); pieces of long audio are recorded as
-        ``name`` for the first piece and ``name.<i>`` for piece i > 0."""
+        ``name`` for the first piece and ``name.<i>`` for piece i > 0. ``timings``: optional dict that
+        accumulates seconds per stage (hubert, f0, retrieval, synthesis, post)."""
         options = (options or ConversionOptions()).validate()
         cfg = self.synthesizer.config
         if not 0 <= options.sid < cfg.n_speakers:
@@ -296,7 +317,8 @@ class VoiceConverter:
         padded = np.pad(audio16k, (t_pad, t_pad), mode="reflect")
         pitch = f0 = None
         if cfg.use_f0:
-            pitch, f0 = self.f0(padded.astype(np.float32), options)
+            with timed(timings, "f0"):
+                pitch, f0 = self.f0(padded.astype(np.float32), options)
             record("f0", f0)
             record("pitch", pitch)
         trim = cfg.sample_rate * X_PAD
@@ -307,15 +329,16 @@ class VoiceConverter:
             if cfg.use_f0:
                 p, f = pitch[f_start:f_end], f0[f_start:f_end]
             piece_trace = {} if trace is not None else None
-            pieces.append(self.convert_piece(piece, p, f, options, piece_trace)[trim:-trim])
+            pieces.append(self.convert_piece(piece, p, f, options, piece_trace, timings)[trim:-trim])
             for name, value in (piece_trace or {}).items():
                 record(name if i == 0 else f"{name}.{i}", value)
-        out = np.concatenate(pieces)
-        if options.rms_mix_rate != 1:
-            out = rms_mix(audio16k, out, cfg.sample_rate, options.rms_mix_rate)
-        out_sr = cfg.sample_rate
-        if options.resample_sr >= SAMPLE_RATE and options.resample_sr != cfg.sample_rate:
-            out, out_sr = audio_io.resample(out, cfg.sample_rate, options.resample_sr), options.resample_sr
-        out = peak_normalise(out)
+        with timed(timings, "post"):
+            out = np.concatenate(pieces)
+            if options.rms_mix_rate != 1:
+                out = rms_mix(audio16k, out, cfg.sample_rate, options.rms_mix_rate)
+            out_sr = cfg.sample_rate
+            if options.resample_sr >= SAMPLE_RATE and options.resample_sr != cfg.sample_rate:
+                out, out_sr = audio_io.resample(out, cfg.sample_rate, options.resample_sr), options.resample_sr
+            out = peak_normalise(out)
         record("audio", out)
         return out, out_sr
