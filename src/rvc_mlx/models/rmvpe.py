@@ -414,15 +414,24 @@ class Rmvpe:
     @classmethod
     def load(cls, path: str | os.PathLike, pad_mode: str | None = None) -> "Rmvpe":
         """Load a converted RMVPE; ``pad_mode`` ("constant" | "reflect") overrides the file's frame padding."""
-        from ..store import load, load_into
+        from ..store import load
+
+        weights, config = load(path, kind="rmvpe")
+        return cls.from_weights(weights, config, pad_mode, source=str(path))
+
+    @classmethod
+    def from_weights(cls, weights: dict, config: dict, pad_mode: str | None = None, source: str = "rmvpe") -> "Rmvpe":
+        """Build from converted ``weights`` (MLX layout, numpy or mx arrays) and ``config`` (see ``convert_rmvpe``)."""
+        from ..store import load_into
 
         configure_mlx()
-        weights, raw = load(path, kind="rmvpe")
-        cfg = RmvpeConfig.from_dict(raw)
+        cfg = RmvpeConfig.from_dict(config)
         if pad_mode is not None:
             cfg = dataclasses.replace(cfg, pad_mode=pad_mode)
+        if cfg.pad_mode not in ("constant", "reflect"):
+            raise FormatError(f"{source}: unknown rmvpe pad_mode {cfg.pad_mode!r} (constant | reflect)")
         model = E2E(cfg)
-        load_into(model, weights, str(path))
+        load_into(model, {k: mx.array(v) for k, v in weights.items()}, source)
         model.fuse()
         return cls(model, cfg)
 
