@@ -19,9 +19,10 @@ import torch
 SEED = 1234
 SR = 16000
 THRESHOLD = 0.03
+GRU_STD = 0.08  # larger makes the backward GRU chaotic: every frame then depends on the padding
 PEAK_SPREAD = 1.5  # std of the per-frame max logit: wide around the threshold, rarely saturating
-CALIBRATION_SECONDS = 4.0
-BUILD_VERSION = 1  # bump when the construction changes (invalidates cached files)
+CALIBRATION_SECONDS = 8.0
+BUILD_VERSION = 2  # bump when the construction changes (invalidates cached files)
 
 
 def speech_like(seconds: float, seed: int = 0, sr: int = SR) -> np.ndarray:
@@ -54,15 +55,15 @@ def _randomise(model, audio: np.ndarray, seed: int) -> None:
     g = torch.Generator().manual_seed(seed)
     mel_fn = MelSpectrogram(False, 128, SR, 1024, 160, None, 30, 8000)
     mel = mel_fn(torch.from_numpy(audio)[None], center=True)
-    n = mel.shape[-1] // 32 * 32
-    mel = mel[..., :n]
+    n = mel.shape[-1]
+    mel = torch.nn.functional.pad(mel, (0, -n % 32))  # as RMVPE.mel2hidden
     with torch.no_grad():
         bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
         for bn in bns:
             bn.weight.copy_(0.6 + 0.8 * torch.rand(bn.weight.shape, generator=g))
             bn.bias.copy_(0.2 * torch.randn(bn.bias.shape, generator=g))
         for p in model.fc[0].parameters():
-            p.copy_(0.15 * torch.randn(p.shape, generator=g))
+            p.copy_(GRU_STD * torch.randn(p.shape, generator=g))
         model.cnn.weight.mul_(3.0)
         # running statistics = batch statistics of the speech-like input, layer by layer
         for bn in bns:
@@ -75,7 +76,7 @@ def _randomise(model, audio: np.ndarray, seed: int) -> None:
         fc1 = model.fc[1]
         fc1.bias.copy_(0.5 * torch.randn(fc1.bias.shape, generator=g))
         hidden = model.fc[0](model.cnn(model.unet(mel.transpose(-1, -2).unsqueeze(1))).transpose(1, 2).flatten(-2))
-        logits = fc1(hidden)[0]
+        logits = fc1(hidden)[0, :n]
         peak = logits.max(dim=1).values
         scale = PEAK_SPREAD / float(peak.std())
         fc1.weight.mul_(scale)
