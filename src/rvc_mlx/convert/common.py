@@ -98,3 +98,14 @@ def apply_rules(
             + (" ..." if len(unmapped) > 8 else "")
         )
     return out
+
+
+def layout_of(key: str, rules: list[Rule]) -> str | None:
+    """The layout (a key of ``LAYOUTS``) that ``rules`` gave the converted tensor ``key``, or None if no rule
+    produced it. Only rules that keep the source name (``target`` None) are consulted, so ``rules`` must be a
+    table whose names are the converted names (e.g. ``rvc.RULES``, ``hubert.RULES``, ``rmvpe.RULES``).
+    Used to describe a converted file without guessing layouts from shapes (export manifests)."""
+    for rule in rules:
+        if rule.target is None and re.fullmatch(rule.pattern, key):
+            return rule.layout
+    return None

@@ -65,6 +65,7 @@ _HF_RULES = [
     Rule(r"final_proj\.(weight|bias)"),
 ]
 _HF_DROP = [r"masked_spec_embed"]
+RULES = _HF_RULES  # converted names == transformers names: the table ``common.layout_of`` consults
 
 _FAIRSEQ_RULES = [
     Rule(r"feature_extractor\.conv_layers\.(\d+)\.0\.weight", "conv1d", r"feature_extractor.conv_layers.\1.conv.weight"),
