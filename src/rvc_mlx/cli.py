@@ -324,6 +324,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("models", nargs="*", help="hubert_base, rmvpe, contentvec or all (default: hubert_base rmvpe)")
     p.add_argument("--force", action="store_true", help="download and convert again")
     p.set_defaults(func=cmd_download)
+
+    from . import export, parity
+
+    parity.add_commands(sub)
+    export.add_commands(sub)
     return parser
 
 
