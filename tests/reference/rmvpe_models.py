@@ -1,5 +1,5 @@
 """Reference RMVPE for parity tests: rvc==0.3.5's ``E2E(4, 1, (2, 2))`` with random weights, saved like the real
-``rmvpe.pt`` (a bare state dict).
+``rmvpe.pt`` (a bare state dict, float16 tensors; rvc's loader copies them into its float32 model).
 
 A default-initialised E2E marks every frame voiced with an arbitrary pitch (DESIGN §6), so the weights are made
 speech-like: BatchNorm running statistics are set from the activations of a speech-like signal (every layer then
@@ -22,7 +22,7 @@ THRESHOLD = 0.03
 GRU_STD = 0.08  # larger makes the backward GRU chaotic: every frame then depends on the padding
 PEAK_SPREAD = 1.5  # std of the per-frame max logit: wide around the threshold, rarely saturating
 CALIBRATION_SECONDS = 8.0
-BUILD_VERSION = 2  # bump when the construction changes (invalidates cached files)
+BUILD_VERSION = 3  # bump when the construction changes (invalidates cached files)
 
 
 def speech_like(seconds: float, seed: int = 0, sr: int = SR) -> np.ndarray:
@@ -95,7 +95,9 @@ def build_rmvpe(path: Path, seed: int = SEED) -> Path:
     model = E2E(4, 1, (2, 2))
     _randomise(model, speech_like(CALIBRATION_SECONDS, seed=seed + 1), seed)
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), path)
+    # the released rmvpe.pt stores its ~90M parameters in float16 (181 MB); so does the reference
+    state = {k: (v.half() if v.is_floating_point() else v) for k, v in model.state_dict().items()}
+    torch.save(state, path)
     return path
 
 
