@@ -1,0 +1,81 @@
+"""FCPE f0 estimator ``fcpe``, as Applio calls torchfcpe's bundled model:
+``infer(audio, sr=16000, decoder_mode="local_argmax", threshold=0.006)`` -> (1 + N // 160,) Hz, 0 = unvoiced.
+
+The log-mel front end and the decoder run in numpy; the network in MLX.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import numpy as np
+
+from . import register
+from ..models.fcpe import FcpeConfig, decode_local_argmax, log_mel, slaney_mel_filterbank
+
+THRESHOLD = 0.006  # Applio / torchfcpe README: frames with maximum salience ≤ this are unvoiced
+
+
+class FcpeEstimator:
+    """A loaded FCPE network with its mel filterbank."""
+
+    def __init__(self, model, config: FcpeConfig):
+        self.model = model
+        self.config = config
+        self.mel_basis = slaney_mel_filterbank(
+            config.sample_rate, config.n_fft, config.n_mels, config.mel_fmin, config.mel_fmax
+        )
+        self.cent_table = np.array(model.cent_table, dtype=np.float32)
+
+    def salience(self, audio16k: np.ndarray) -> np.ndarray:
+        """(N,) -> (1 + N // 160, out_dims) float32 network output."""
+        import mlx.core as mx
+
+        mel = log_mel(audio16k, self.config, self.mel_basis)
+        y = self.model(mx.array(mel)[None])
+        mx.eval(y)
+        return np.array(y[0], dtype=np.float32)
+
+    def __call__(self, audio16k: np.ndarray, threshold: float = THRESHOLD) -> np.ndarray:
+        return decode_local_argmax(self.salience(audio16k), self.cent_table, threshold)
+
+
+@functools.lru_cache(maxsize=2)
+def _load(path: str | None, mtime: float | None) -> FcpeEstimator:
+    import mlx.core as mx
+
+    from .. import store
+    from ..checkpoint import load_checkpoint
+    from ..convert.fcpe import convert_fcpe, find_packaged_weights
+    from ..models.fcpe import FCPE
+
+    if path is None:
+        src = find_packaged_weights("fcpe")
+        weights_np, config = convert_fcpe(load_checkpoint(src), str(src))
+        weights = {k: mx.array(v) for k, v in weights_np.items()}
+        source = str(src)
+    else:
+        weights, config = store.load(path, kind="fcpe")
+        source = path
+    cfg = FcpeConfig.from_dict(config)
+    model = FCPE(cfg)
+    store.load_into(model, weights, source)
+    mx.eval(model.parameters())
+    return FcpeEstimator(model, cfg)
+
+
+def load_fcpe(path: str | os.PathLike | None = None) -> FcpeEstimator:
+    """The FCPE estimator from a converted file, or from torchfcpe's packaged weights when ``path`` is None."""
+    if path is None:
+        return _load(None, None)
+    path = os.fspath(path)
+    return _load(path, os.path.getmtime(path))
+
+
+@register("fcpe")
+def fcpe(audio16k: np.ndarray, opts) -> np.ndarray:
+    """FCPE f0 (1 + N // 160,) Hz, 0 = unvoiced (``opts.threshold`` overrides 0.006)."""
+    est = load_fcpe(getattr(opts, "fcpe_path", None))
+    threshold = getattr(opts, "threshold", None)
+    return est(audio16k, THRESHOLD if threshold is None else threshold)
