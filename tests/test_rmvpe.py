@@ -133,10 +133,11 @@ def test_converter_maps_every_tensor(rmvpe_pt):
     assert (config["n_mels"], config["hop"], config["n_fft"], config["mel_fmin"], config["mel_fmax"]) == (
         128, 160, 1024, 30.0, 8000.0)
     conv = "unet.encoder.layers.1.conv.0.conv.0.weight"
-    np.testing.assert_array_equal(weights[conv], ckpt[conv].transpose(0, 2, 3, 1))
+    np.testing.assert_array_equal(weights[conv], ckpt[conv].astype(np.float32).transpose(0, 2, 3, 1))
     tconv = "unet.decoder.layers.2.conv1.0.weight"
-    np.testing.assert_array_equal(weights[tconv], ckpt[tconv].transpose(1, 2, 3, 0))
-    b_ih, b_hh = ckpt["fc.0.gru.bias_ih_l0_reverse"], ckpt["fc.0.gru.bias_hh_l0_reverse"]
+    np.testing.assert_array_equal(weights[tconv], ckpt[tconv].astype(np.float32).transpose(1, 2, 3, 0))
+    b_ih = ckpt["fc.0.gru.bias_ih_l0_reverse"].astype(np.float32)
+    b_hh = ckpt["fc.0.gru.bias_hh_l0_reverse"].astype(np.float32)
     np.testing.assert_allclose(weights["fc.0.gru.l0_reverse.b"][:512], b_ih[:512] + b_hh[:512], rtol=1e-6)
     np.testing.assert_array_equal(weights["fc.0.gru.l0_reverse.b"][512:], b_ih[512:])
     np.testing.assert_array_equal(weights["fc.0.gru.l0_reverse.bhn"], b_hh[512:])
