@@ -33,7 +33,7 @@ INDEX_FILE = "index_vectors.safetensors"
 INDEX_TENSOR = "vectors"
 GOLDEN_DIR = "golden"
 # Golden clips cut from the bundled demo recording: (name, start s, duration s)
-GOLDEN_CLIPS = (("clip1", 0.5, 1.5), ("clip2", 3.0, 1.5))
+GOLDEN_CLIPS = (("clip1", 0.5, 1.0), ("clip2", 3.0, 1.0))
 SOURCE_STAGE = ("samples", "the clip fed to the pipeline (16 kHz mono float32), before peak limiting and high-pass")
 
 # Axis order of each layout rule, in the stored (MLX) tensor.
@@ -149,7 +149,7 @@ def write_golden(converter, options, directory: Path) -> list[dict]:
     from .pipeline import STAGES
 
     options = replace(options, deterministic=True)
-    table = {**STAGES, "source": SOURCE_STAGE}
+    table = {"source": SOURCE_STAGE, **STAGES}
     entries = []
     for name, clip in golden_clips():
         stages, info = parity.dump(converter, clip, 16000, options)
@@ -243,6 +243,9 @@ def export_bundle(out_dir, voice, hubert, rmvpe=None, index=None, *, fp16: bool 
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
         (tmp / FORMAT_DOC).write_text(_format_doc(manifest), encoding="utf-8")
+        for f in tmp.rglob("*"):  # mkstemp/mkdtemp create private files; a bundle is meant to be shipped
+            f.chmod(0o755 if f.is_dir() else 0o644)
+        tmp.chmod(0o755)
         if out_dir.exists():
             out_dir.rmdir()
         os.replace(tmp, out_dir)

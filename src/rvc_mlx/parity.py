@@ -50,16 +50,16 @@ PITCH_STAGES = ("pitch", "coarse_pitch")
 AUDIO_STAGES = ("input16k", "generator", "audio")
 
 # Tolerances per stage kind (a stage passes when every listed bound holds).
-#  features: relative RMSE (RMSE / RMS of A). Float32 reimplementations of the same network agree to ~1e-5;
-#            a layout or constant bug gives 1e-2 .. 1.
+#  features: relative RMSE (RMSE / RMS of A). Float32 reimplementations of the same network agree to ~1e-6
+#            (measured: rvc-mlx vs PyTorch ≤ 3e-6); a layout or constant bug gives 1e-3 .. 1.
 #  audio:    relative RMSE and log-mel correlation; the NSF sine phase accumulates float32 rounding over the
 #            clip, so audio gets a looser bound than features.
 #  f0:       cents on frames voiced in both, fraction of frames whose voicing differs.
 #  pitch:    fraction of differing frames and the largest bin difference (rounding of bins exactly at .5 may
 #            legitimately differ between float64 and float32 evaluation).
 TOLERANCES = {
-    "features": {"rel_rmse": 1e-3},
-    "audio": {"rel_rmse": 5e-2, "mel_corr_min": 0.999},
+    "features": {"rel_rmse": 1e-4},
+    "audio": {"rel_rmse": 1e-2, "mel_corr_min": 0.999},
     "f0": {"max_cents": 5.0, "voicing_mismatch": 0.01},
     "pitch": {"mismatch": 0.01, "max_bins": 1},
 }
