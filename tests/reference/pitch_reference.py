@@ -63,8 +63,11 @@ class Signal:
     scored: np.ndarray  # (1 + N // 160,) bool: voiced frames away from note edges
 
 
-def synthesize(notes: list[Note], snr_db: float | None, seed: int, tilt: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
-    """Render notes -> (audio (N,), true f0 per sample (N,)). Harmonics up to 7 kHz with amplitude k**-tilt."""
+def synthesize(
+    notes: list[Note], snr_db: float | None, seed: int, tilt: float = 1.0, first_harmonic: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
+    """Render notes -> (audio (N,), true f0 per sample (N,)). Harmonics ``first_harmonic``.. up to 7 kHz with
+    amplitude k**-tilt (``first_harmonic=2``: a missing fundamental)."""
     rng = np.random.default_rng(seed)
     f_track, parts = [], []
     for note in notes:
@@ -82,7 +85,7 @@ def synthesize(notes: list[Note], snr_db: float | None, seed: int, tilt: float =
     voiced = f_all > 0
     phase = 2 * np.pi * np.cumsum(f_all) / SR + rng.uniform(0, 2 * np.pi)
     audio = np.zeros_like(f_all)
-    for k in range(1, 60):
+    for k in range(first_harmonic, 60):
         amp = k ** (-tilt) * np.where(voiced & (k * f_all < 7000), 1.0, 0.0)
         if not amp.any():
             break
@@ -115,8 +118,8 @@ def _frame_truth(f_sample: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 GAP = Note(0.15, 0.0)
-SIGNAL_SPECS: dict[str, tuple[list[Note], float | None, int]] = {
-    # name: (notes, SNR dB or None, seed)
+SIGNAL_SPECS: dict[str, tuple] = {
+    # name: (notes, SNR dB or None, seed[, tilt, first harmonic])
     "steady": (
         [GAP] + [x for f in (60, 110, 220, 440, 700, 1000) for x in (Note(0.35, f), GAP)],
         30.0,
@@ -124,13 +127,16 @@ SIGNAL_SPECS: dict[str, tuple[list[Note], float | None, int]] = {
     ),
     "vibrato": ([GAP, Note(0.9, 180, vib_cents=60), GAP, Note(0.9, 520, vib_cents=40, vib_rate=6.5), GAP], 25.0, 2),
     "glide": ([GAP, Note(0.9, 90, 360), GAP, Note(0.9, 800, 200, vib_cents=25), GAP], 25.0, 3),
-    "noisy": ([GAP, Note(0.6, 150, 240), GAP, Note(0.6, 330), GAP, Note(0.5, 600, 450), GAP], 10.0, 4),
+    "noisy": ([GAP, Note(0.6, 150, 240), GAP, Note(0.6, 330), GAP, Note(0.5, 600, 450), GAP], 3.0, 4),
+    "no-fundamental": (
+        [GAP, Note(0.6, 80, 130, vib_cents=30), GAP, Note(0.6, 260, vib_cents=80, vib_rate=7.0), GAP], 10.0, 5, 0.7, 2
+    ),
 }
 
 
 def make_signal(name: str) -> Signal:
-    notes, snr, seed = SIGNAL_SPECS[name]
-    audio, f_sample = synthesize(notes, snr, seed)
+    notes, snr, seed, *shape = SIGNAL_SPECS[name]
+    audio, f_sample = synthesize(notes, snr, seed, *shape)
     f0, scored = _frame_truth(f_sample)
     return Signal(name, audio, f0, scored)
 
@@ -306,10 +312,41 @@ def reference_f0(method: str, sig: Signal) -> np.ndarray:
     if method == "fcpe":
         return torchfcpe_f0(sig.audio)
     if method in ("pm", "harvest"):
-        return rvc_get_f0(sig.audio, method, sig.name)
+        # filter_radius 0: RVC's harvest median filter is post-processing (rvc_mlx.f0.postprocess), not estimation
+        return rvc_get_f0(sig.audio, method, sig.name, filter_radius=0)
     if method == "dio":
         return pyworld_dio(sig.audio)
     raise ValueError(method)
+
+
+REFERENCE_VERSION = 1  # bump when a reference recipe or the signals change (invalidates cached outputs)
+
+
+def cached_reference_f0(method: str, sig: Signal, cache_dir) -> np.ndarray:
+    """``reference_f0`` cached as .npy under ``cache_dir`` (CREPE full takes minutes on 2 cores)."""
+    from pathlib import Path
+
+    path = Path(cache_dir) / f"pitch-ref-v{REFERENCE_VERSION}-{method}-{sig.name}.npy"
+    if path.exists():
+        return np.load(path)
+    f0 = reference_f0(method, sig)
+    tmp = path.with_suffix(".tmp.npy")
+    np.save(tmp, f0)
+    tmp.replace(path)
+    return f0
+
+
+_OURS: dict = {}
+
+
+def our_f0(method: str, name: str) -> np.ndarray:
+    """rvc-mlx's f0 for ``method`` on signal ``name`` (memoised per process: shared by parity and accuracy tests)."""
+    key = (method, name)
+    if key not in _OURS:
+        from rvc_mlx.f0 import F0Options, estimate
+
+        _OURS[key] = estimate(method, make_signal(name).audio, F0Options(f0_min=F0_MIN, f0_max=F0_MAX))
+    return _OURS[key]
 
 
 REFERENCE_NAMES = {

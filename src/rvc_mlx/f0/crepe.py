@@ -116,12 +116,13 @@ def decode_viterbi(
 
 
 def median_filter(x: np.ndarray, width: int = FILTER_WIDTH) -> np.ndarray:
-    """Running median with reflect padding (``torchcrepe.filter.median`` on a signal without NaNs)."""
+    """Running (lower) median over the samples inside the signal, as ``torchcrepe.filter.median``: windows at
+    the ends hold fewer samples (torchcrepe masks its padding), and an even count takes the lower middle."""
     pad = width // 2
-    if len(x) <= pad:
-        return np.array(x, dtype=np.float32)
-    windows = np.lib.stride_tricks.sliding_window_view(np.pad(x, pad, mode="reflect"), width)
-    return np.sort(windows, axis=1)[:, (width - 1) // 2].astype(np.float32)
+    x = np.asarray(x, dtype=np.float32)
+    windows = np.lib.stride_tricks.sliding_window_view(np.pad(x, pad, constant_values=np.inf), width)
+    count = np.isfinite(windows).sum(axis=1)
+    return np.sort(windows, axis=1)[np.arange(len(x)), (count - 1) // 2].astype(np.float32)
 
 
 def mean_filter(x: np.ndarray, width: int = FILTER_WIDTH) -> np.ndarray:
