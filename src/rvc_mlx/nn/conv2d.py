@@ -20,6 +20,7 @@ from __future__ import annotations
 import mlx.core as mx
 
 IMPLS = ("auto", "gemm", "native")
+IM2COL_BLOCK_BYTES = 64 << 20  # im2col is built in row blocks of at most this size
 
 
 def use_gemm(impl: str = "auto") -> bool:
@@ -39,19 +40,39 @@ def gemm_weight(weight: mx.array) -> mx.array:
     return weight.reshape(c_out, -1).T
 
 
-def _im2col(x: mx.array, kh: int, kw: int, ph: int, pw: int) -> mx.array:
-    """(B, H, W, C) -> (B, H', W', kh·kw·C) with tap-major, channel-minor columns (matches ``gemm_weight``).
+def _padded(x: mx.array, ph: int, pw: int) -> mx.array:
+    # pad always (even by 0) so the strided views below are taken over a fresh row-contiguous buffer
+    return mx.pad(x, [(0, 0), (ph, ph), (pw, pw), (0, 0)])
 
-    One strided view of the padded input, materialised by the following reshape in a single copy (faster than
-    concatenating ``kh·kw`` shifted slices)."""
-    if kh == 1 and kw == 1 and not (ph or pw):
-        return x
-    # pad always (even by 0) so the view below is taken over a fresh row-contiguous buffer
-    x = mx.pad(x, [(0, 0), (ph, ph), (pw, pw), (0, 0)])
-    b, hp, wp, c = x.shape
+
+def _im2col_rows(xp: mx.array, kh: int, kw: int, r0: int, r1: int) -> mx.array:
+    """Output rows [r0, r1) of the im2col of the padded ``xp`` (B, Hp, Wp, C): (B·(r1-r0)·W', kh·kw·C),
+    tap-major and channel-minor (matches ``gemm_weight``). One strided view, materialised in a single copy."""
+    b, hp, wp, c = xp.shape
+    wo = wp - kw + 1
+    view = mx.as_strided(
+        xp, (b, r1 - r0, wo, kh, kw, c), (hp * wp * c, wp * c, c, wp * c, c, 1), offset=r0 * wp * c
+    )
+    return view.reshape(-1, kh * kw * c)
+
+
+def _gemm_conv(xp: mx.array, kh: int, kw: int, matrix: mx.array, bias: mx.array | None) -> mx.array:
+    """Valid stride-1 conv of the padded ``xp`` as im2col @ ``matrix``, in row blocks whose im2col stays below
+    ``IM2COL_BLOCK_BYTES`` (bounded memory on long inputs; exact: output rows are independent).
+    Returns (B, H', W', N)."""
+    b, hp, wp, c = xp.shape
     ho, wo = hp - kh + 1, wp - kw + 1
-    view = mx.as_strided(x, (b, ho, wo, kh, kw, c), (hp * wp * c, wp * c, c, wp * c, c, 1))
-    return view.reshape(b, ho, wo, kh * kw * c)
+    row_bytes = b * wo * kh * kw * c * xp.dtype.size
+    rows = max(1, min(ho, IM2COL_BLOCK_BYTES // max(row_bytes, 1)))
+    outs = []
+    for r0 in range(0, ho, rows):
+        r1 = min(ho, r0 + rows)
+        cols = _im2col_rows(xp, kh, kw, r0, r1)
+        y = mx.addmm(bias, cols, matrix) if bias is not None else cols @ matrix
+        outs.append(y.reshape(b, r1 - r0, wo, -1))
+        if rows < ho:  # evaluate block by block; lazily, all blocks' im2cols could be alive at once
+            mx.eval(outs[-1])
+    return outs[0] if len(outs) == 1 else mx.concatenate(outs, axis=1)
 
 
 def conv2d(
@@ -72,12 +93,12 @@ def conv2d(
         y = mx.conv2d(x, weight, padding=(ph, pw))
         return y if bias is None else y + bias
     c_out, kh, kw, c_in = weight.shape
-    cols = _im2col(x, kh, kw, ph, pw)
-    b, ho, wo, k = cols.shape
-    w = gemm_w if gemm_w is not None else gemm_weight(weight)
-    cols = cols.reshape(-1, k)
-    y = mx.addmm(bias, cols, w) if bias is not None else cols @ w
-    return y.reshape(b, ho, wo, c_out)
+    matrix = gemm_w if gemm_w is not None else gemm_weight(weight)
+    if kh == 1 and kw == 1 and ph == 0 and pw == 0:  # 1x1: a plain matmul over pixels
+        y = x.reshape(-1, c_in)
+        y = mx.addmm(bias, y, matrix) if bias is not None else y @ matrix
+        return y.reshape(*x.shape[:3], c_out)
+    return _gemm_conv(_padded(x, ph, pw), kh, kw, matrix, bias)
 
 
 # Polyphase map for kernel 3, stride 2, padding 1: phase p (output index parity) and input offset d in {0, 1}
@@ -124,6 +145,5 @@ def conv_transpose2d_s2(
     c_out = weight.shape[0]
     pw_ = poly_w if poly_w is not None else polyphase_weight_s2(weight)
     xp = mx.pad(x, [(0, 0), (0, 1), (0, 1), (0, 0)])  # the zero row/column output_padding reads
-    cols = _im2col(xp, 2, 2, 0, 0).reshape(-1, 4 * c_in)
-    y = (cols @ pw_).reshape(b, h, w, 2, 2, c_out)
+    y = _gemm_conv(xp, 2, 2, pw_, None).reshape(b, h, w, 2, 2, c_out)
     return y.transpose(0, 1, 3, 2, 4, 5).reshape(b, 2 * h, 2 * w, c_out)
