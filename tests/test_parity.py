@@ -182,19 +182,21 @@ def _truncating_coarse(monkeypatch):
 
 
 FAULTS = {
-    # name: (expected first divergent stage, input level)
-    "synth-conv-transposed": ("m_p", LOUD_PEAK),
-    "hubert-conv-transposed": ("hubert", LOUD_PEAK),
-    "flow-order-swapped": ("z", LOUD_PEAK),
-    "pitch-truncated": ("pitch", LOUD_PEAK),
-    "layernorm-eps-1e-12": ("hubert", QUIET_PEAK),
+    # name: (expected first divergent stage, input level, last stage it must still be visible in)
+    "synth-conv-transposed": ("m_p", LOUD_PEAK, "audio"),
+    "hubert-conv-transposed": ("hubert", LOUD_PEAK, "audio"),
+    "flow-order-swapped": ("z", LOUD_PEAK, "audio"),
+    "pitch-truncated": ("pitch", LOUD_PEAK, "audio"),
+    # eps only matters where the LayerNorm input variance is small (quiet input; on the loud clip HuBERT moves by
+    # ~6e-5 relative). It moves z by ~0.4 % but the audio by only ~0.1 %, inside the audio tolerance.
+    "layernorm-eps-1e-12": ("hubert", QUIET_PEAK, "z"),
 }
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("fault", list(FAULTS))
 def test_fault_is_attributed_to_its_first_stage(fault, models, index, ref_loud, ref_quiet, tmp_path, monkeypatch):
-    expected, peak = FAULTS[fault]
+    expected, peak, visible_in = FAULTS[fault]
     voice, hubert = models.voice(VOICE)[0], models.hubert_path
     if fault == "synth-conv-transposed":
         voice = _edited_copy(voice, tmp_path / "v.safetensors", _transpose_again("enc_p.encoder.attn_layers.0.conv_q.weight"))
@@ -213,8 +215,8 @@ def test_fault_is_attributed_to_its_first_stage(fault, models, index, ref_loud, 
     _print(cmp)
     first = cmp.first_divergent
     assert first is not None and first.name == expected, (fault, first and first.name, first and first.reason)
-    # not vacuous: the fault reaches the output, and every stage before the culprit is still clean
-    assert not next(r for r in cmp.results if r.name == "audio").passed
+    # not vacuous: the fault propagates downstream, and every stage before the culprit is still clean
+    assert not next(r for r in cmp.results if r.name == visible_in).passed
     names = [r.name for r in cmp.results]
     assert all(r.passed for r in cmp.results[: names.index(expected)])
 
