@@ -48,6 +48,7 @@ FEATURE_FRAME_RATE = 50
 F0_STAGES = ("f0", "f0_frames")
 PITCH_STAGES = ("pitch", "coarse_pitch")
 AUDIO_STAGES = ("input16k", "generator", "audio")
+WHOLE_INPUT_STAGES = ("source", "input16k", "f0", "pitch")  # computed once for the whole input, before pieces
 
 # Tolerances per stage kind (a stage passes when every listed bound holds).
 #  features: relative RMSE (RMSE / RMS of A). Float32 reimplementations of the same network agree to ~1e-6
@@ -80,16 +81,17 @@ def _stage_table() -> dict[str, tuple[str, str]]:
 
 
 def order_stages(names, table: dict[str, tuple[str, str]]) -> list[str]:
-    """``names`` in pipeline order: known stages first (``table`` order; pieces ``name.<i>`` after ``name``),
-    unknown names last in their given order."""
+    """``names`` in pipeline order: whole-input stages (``WHOLE_INPUT_STAGES``), then the per-piece stages of
+    piece 0, piece 1 (``name.1``), ... in ``table`` order, then ``audio``; unknown names last, as given."""
     known = list(table)
 
     def key(item):
         i, name = item
         base, _, piece = name.partition(".")
-        if base in known:
-            return (0, int(piece) if piece.isdigit() else 0, known.index(base), i)
-        return (1, 0, 0, i)
+        if base not in known:
+            return (3, 0, 0, i)
+        group = 0 if base in WHOLE_INPUT_STAGES else 2 if base == "audio" else 1
+        return (group, int(piece) if piece.isdigit() else 0, known.index(base), i)
 
     return [n for _, n in sorted(enumerate(names), key=key)]
 
@@ -298,6 +300,7 @@ class Comparison:
     a: str
     b: str
     results: list[StageResult]
+    tolerances: dict = field(default_factory=lambda: dict(TOLERANCES))
 
     @property
     def first_divergent(self) -> StageResult | None:
@@ -349,7 +352,7 @@ def compare(a: Dump, b: Dump, tolerances: dict | None = None) -> Comparison:
         raise InputError(f"{a.path} and {b.path} have no stage in common")
     results = [compare_stage(n, a.stages[n], b.stages.get(n), rates.get(n.partition(".")[0]), tolerances)
                for n in a.stages]
-    return Comparison(a.path, b.path, results)
+    return Comparison(a.path, b.path, results, {**TOLERANCES, **(tolerances or {})})
 
 
 def parse_tolerances(items: list[str] | None) -> dict:
@@ -392,7 +395,7 @@ def _figures(cmp: Comparison, a: Dump, b: Dump) -> list[tuple[str, str]]:
         colors = ["#2a9d2a" if r.passed else "#d62728" for r in rows]
         ax.barh([r.name for r in rows][::-1], vals[::-1], color=colors[::-1], log=True)
         for kind in ("features", "audio"):
-            ax.axvline(TOLERANCES[kind]["rel_rmse"], ls="--", lw=1, color="gray" if kind == "features" else "k")
+            ax.axvline(cmp.tolerances[kind]["rel_rmse"], ls="--", lw=1, color="gray" if kind == "features" else "k")
         ax.set_xlabel("relative RMSE (log; dashed: features / audio tolerance; red: beyond tolerance)")
         ax.set_title("per-stage error")
         fig.tight_layout()
@@ -461,7 +464,7 @@ def report_html(cmp: Comparison, a: Dump, b: Dump) -> str:
                     f"<td>{html.escape(status)}</td></tr>")
     figs = "".join(f"<h2>{html.escape(t)}</h2><img alt='{html.escape(t)}' src='data:image/png;base64,{p}'>"
                    for t, p in _figures(cmp, a, b))
-    tol = html.escape(json.dumps(TOLERANCES))
+    tol = html.escape(json.dumps(cmp.tolerances))
     info = "".join(f"<li><b>{side}</b> {html.escape(d.path)}: {html.escape(str(d.info.get('producer', '?')))}</li>"
                    for side, d in (("A", a), ("B", b)))
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>rvc-mlx stage comparison</title>
