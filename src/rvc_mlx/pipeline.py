@@ -251,13 +251,13 @@ class VoiceConverter:
         )
         f0 = estimate(options.f0_method, padded16k, opts).astype(np.float64)
         p_len = padded16k.shape[0] // WINDOW
-        if options.f0_method == "harvest" and options.filter_radius > 2:
-            f0 = pp.median_filter(f0, 3)
+        if options.f0_method == "harvest":  # RVC filters harvest's F0 only
+            f0 = pp.median_filter(f0, options.filter_radius)
         if options.autotune > 0:
             f0 = pp.autotune(f0, options.autotune)
         f0 = pp.shift(f0, options.pitch)
         if options.f0_file:
-            f0 = pp.replace_from_file(f0, options.f0_file, offset_frames=X_PAD * SAMPLE_RATE // WINDOW)
+            f0 = pp.apply_f0_file(f0, pp.from_file(options.f0_file), offset_frames=X_PAD * SAMPLE_RATE // WINDOW)
         f0 = f0[:p_len]
         return pp.coarse(f0)[:p_len], f0.astype(np.float32)
 
