@@ -19,7 +19,7 @@ from rvc_mlx.nn.conv2d import conv2d, conv_transpose2d_s2
 from rvc_mlx.nn.gru import BiGRU, fold_gru_biases
 from rvc_mlx.store import save
 
-from .reference.rmvpe_models import BUILD_VERSION, SEED, cached_rmvpe, file_digest, speech_like
+from .reference.rmvpe_models import BUILD_VERSION, cached_rmvpe, file_digest, speech_like
 
 SALIENCE_TOL = 1e-4
 LOG_MEL_TOL = 5e-4  # float32 FFTs of different algorithms; the largest differences are in near-silent bands
@@ -37,8 +37,13 @@ def rmvpe_pt(ref_cache):
 
 
 @pytest.fixture(scope="module")
-def converted(rmvpe_pt, tmp_path_factory):
-    weights, config = convert_rmvpe(load_checkpoint(rmvpe_pt), str(rmvpe_pt))
+def ckpt(rmvpe_pt):
+    return load_checkpoint(rmvpe_pt)
+
+
+@pytest.fixture(scope="module")
+def converted(rmvpe_pt, ckpt, tmp_path_factory):
+    weights, config = convert_rmvpe(ckpt, str(rmvpe_pt))
     path = tmp_path_factory.mktemp("rmvpe") / "rmvpe.safetensors"
     save(path, weights, config)
     return path
@@ -85,7 +90,8 @@ def cents_between(a, b):
 
 
 @pytest.mark.parametrize(
-    "sr,n_fft,n_mels,fmin,fmax", [(16000, 1024, 128, 30.0, 8000.0), (22050, 2048, 80, 0.0, 11025.0), (48000, 512, 40, 100.0, 12000.0)]
+    "sr,n_fft,n_mels,fmin,fmax",
+    [(16000, 1024, 128, 30.0, 8000.0), (22050, 2048, 80, 0.0, 11025.0), (48000, 512, 40, 100.0, 12000.0)],
 )
 def test_mel_filterbank_matches_librosa(sr, n_fft, n_mels, fmin, fmax):
     import librosa
@@ -121,8 +127,7 @@ def test_short_audio_is_a_clear_error(ours):
 # ------------------------------------------------------------------------------------------------ converter
 
 
-def test_converter_maps_every_tensor(rmvpe_pt):
-    ckpt = load_checkpoint(rmvpe_pt)
+def test_converter_maps_every_tensor(ckpt):
     assert is_rmvpe_checkpoint(ckpt)
     weights, config = convert_rmvpe(ckpt, "rmvpe.pt")
     n_bn_counters = sum(k.endswith("num_batches_tracked") for k in ckpt)
@@ -144,8 +149,7 @@ def test_converter_maps_every_tensor(rmvpe_pt):
     assert all(v.dtype == np.float32 for v in weights.values())
 
 
-def test_converter_rejects_other_checkpoints(rmvpe_pt):
-    ckpt = load_checkpoint(rmvpe_pt)
+def test_converter_rejects_other_checkpoints(ckpt):
     assert not is_rmvpe_checkpoint({"weight": np.zeros(3)})
     assert not is_rmvpe_checkpoint({"model": ckpt})
     with pytest.raises(ConversionError):
@@ -155,8 +159,8 @@ def test_converter_rejects_other_checkpoints(rmvpe_pt):
         convert_rmvpe(extra, "x.pt")
 
 
-def test_half_and_single_precision_checkpoints_convert_alike(rmvpe_pt):
-    half = load_checkpoint(rmvpe_pt)  # the reference, like the released file, stores float16
+def test_half_and_single_precision_checkpoints_convert_alike(ckpt):
+    half = ckpt  # the reference, like the released file, stores float16
     assert half["fc.1.weight"].dtype == np.float16
     single = {k: (v.astype(np.float32) if v.dtype == np.float16 else v) for k, v in half.items()}
     w16, c16 = convert_rmvpe(half)

@@ -268,7 +268,9 @@ class Encoder(nn.Module):
 class Intermediate(nn.Module):
     def __init__(self, in_ch: int, out_ch: int, n_inters: int, n_blocks: int):
         super().__init__()
-        self.layers = [ResEncoderBlock(in_ch if i == 0 else out_ch, out_ch, n_blocks, pool=False) for i in range(n_inters)]
+        self.layers = [
+            ResEncoderBlock(in_ch if i == 0 else out_ch, out_ch, n_blocks, pool=False) for i in range(n_inters)
+        ]
 
     def __call__(self, x: mx.array) -> mx.array:
         for layer in self.layers:

@@ -101,8 +101,9 @@ def conv2d(
     return _gemm_conv(_padded(x, ph, pw), kh, kw, matrix, bias)
 
 
-# Polyphase map for kernel 3, stride 2, padding 1: phase p (output index parity) and input offset d in {0, 1}
-# -> kernel tap (None: that phase does not see that offset). out[2m] = w[1]·x[m]; out[2m+1] = w[2]·x[m] + w[0]·x[m+1].
+# Polyphase map for kernel 3, stride 2, padding 1: (phase p = output index parity, input offset d in {0, 1})
+# -> kernel tap (None: that phase does not see that offset).
+# out[2m] = w[1]·x[m]; out[2m+1] = w[2]·x[m] + w[0]·x[m+1].
 _S2_TAP = {(0, 0): 1, (0, 1): None, (1, 0): 2, (1, 1): 0}
 
 
