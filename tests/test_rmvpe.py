@@ -119,6 +119,19 @@ def test_log_mel_parity(ours, ref, rmvpe_pt, ref_cache, seconds, seed):
     assert want.std() > 1.0  # not a constant (silent) input
 
 
+@pytest.mark.parametrize("kind", ["silence", "shortest"])
+def test_silence_and_shortest_input_match_rvc(ours, ref, kind):
+    """All-zero audio (the log-mel is the clamp value everywhere) and the shortest input the reflect padding
+    accepts (513 samples, 4 frames)."""
+    audio = np.zeros(16000, np.float32) if kind == "silence" else speech_like(0.1, 8)[:513]
+    with torch.no_grad():
+        want = ref.infer_from_audio(audio.copy(), thred=THRESHOLD)
+    got = ours.f0(audio)
+    assert got.shape == want.shape and np.isfinite(got).all()
+    np.testing.assert_array_equal(got > 0, want > 0)
+    assert cents_between(got[want > 0], want[want > 0]).max(initial=0.0) <= CENTS_TOL
+
+
 def test_short_audio_is_a_clear_error(ours):
     with pytest.raises(AudioError):
         ours.f0(np.zeros(512, np.float32))
