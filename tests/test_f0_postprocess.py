@@ -10,7 +10,7 @@ import pytest
 import scipy.signal
 
 from rvc_mlx.errors import InputError
-from rvc_mlx.f0 import F0Options, estimate, known_methods
+from rvc_mlx.f0 import METHOD_MODULES, F0Options, estimate, get_estimator, known_methods
 from rvc_mlx.f0.postprocess import (
     apply_f0_file,
     autotune,
@@ -158,6 +158,8 @@ def test_shift_octave_and_unvoiced():
 
 def test_registry_lists_methods_and_rejects_unknown():
     assert {"rmvpe", "crepe", "fcpe", "harvest", "dio", "pm"} <= set(known_methods())
+    for method in METHOD_MODULES:  # every listed module registers the method it is listed for
+        assert callable(get_estimator(method))
     with pytest.raises(InputError, match="known methods: .*rmvpe"):
         estimate("yin", np.zeros(16000, np.float32), F0Options())
     with pytest.raises(InputError, match="mono"):
