@@ -25,7 +25,6 @@ DECODE_BLOCK = 512  # RVC's torchcrepe batch_size: Viterbi runs per block of thi
 PERIODICITY_THRESHOLD = 0.1  # RVC: frames with (median-filtered) periodicity below this are unvoiced
 FILTER_WIDTH = 3  # RVC: torchcrepe.filter.median(pd, 3) and torchcrepe.filter.mean(f0, 3)
 VITERBI_REACH = 12  # transition weight max(12 - |i - j|, 0), as torchcrepe
-NET_BATCH = 128  # frames per MLX forward pass (bounded memory; results do not depend on it)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -183,10 +182,14 @@ def load_crepe(path: str | os.PathLike | None = None, capacity: str = "full"):
     return _load_model(path, capacity, os.path.getmtime(path))
 
 
-def crepe_probabilities(model, frames: np.ndarray, batch: int = NET_BATCH) -> np.ndarray:
-    """Normalised frames (T, 1024) -> sigmoid outputs (T, 360) float32."""
+def crepe_probabilities(model, frames: np.ndarray, batch: int | None = None) -> np.ndarray:
+    """Normalised frames (T, 1024) -> sigmoid outputs (T, 360) float32, ``batch`` frames per forward pass
+    (default: bounded im2col memory; results do not depend on it)."""
     import mlx.core as mx
 
+    from ..models.crepe import frames_per_pass
+
+    batch = batch or frames_per_pass(model.config)
     out = []
     for i in range(0, len(frames), batch):
         y = model(mx.array(frames[i : i + batch]))

