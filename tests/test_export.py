@@ -116,7 +116,7 @@ def test_bundle_round_trip_matches_golden(bundle):
 def test_fp16_bundle(sources, bundle, tmp_path):
     out = tmp_path / "b16"
     assert main(["export", "-m", str(sources["voice"]), "-o", str(out), "--hubert", str(sources["hubert"]),
-                 "--rmvpe", str(sources["rmvpe"]), "--fp16", "--no-golden"]) == 0
+                 "--rmvpe", str(sources["rmvpe"]), "--index", str(sources["index"]), "--fp16", "--no-golden"]) == 0
     manifest = export.read_manifest(out)
     assert manifest["dtype"] == "float16" and manifest["golden"] == []
     w16, _ = store.load_numpy(out / "voice.safetensors")
@@ -125,9 +125,14 @@ def test_fp16_bundle(sources, bundle, tmp_path):
     converter = export.load_bundle(out)
     golden = parity.load_dump(bundle / "golden" / "clip2.safetensors")
     opts = _golden_options(golden)
-    stages, _ = parity.dump(converter, golden.stages["source"], 16000, opts)
-    corr = float(np.corrcoef(stages["m_p"].ravel(), golden.stages["m_p"].ravel())[0, 1])
-    assert corr > 0.999, corr
+    stages, info = parity.dump(converter, golden.stages["source"], 16000, opts)
+    cmp = parity.compare(golden, parity.Dump("fp16", stages, {}, info))
+    print(cmp.summary())
+    # float16 storage rounds weights (~5e-4 relative): features move ~1e-3, beyond the float32 tolerance, but the
+    # pitch path is unchanged and the audio stays within the audio tolerance
+    by_name = {r.name: r for r in cmp.results}
+    assert by_name["pitch"].passed and by_name["coarse_pitch"].passed
+    assert by_name["m_p"].metrics["corr"] > 0.9999 and by_name["audio"].passed, by_name["audio"].metrics
 
 
 def test_export_cli_errors(sources, bundle, tmp_path, capsys):

@@ -36,6 +36,7 @@ GOLDEN_DIR = "golden"
 GOLDEN_CLIPS = (("clip1", 0.5, 1.0), ("clip2", 3.0, 1.0))
 SOURCE_STAGE = ("samples", "the clip fed to the pipeline (16 kHz mono float32), before peak limiting and high-pass")
 
+SAFETENSORS_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "I32": "int32", "I64": "int64"}
 # Axis order of each layout rule, in the stored (MLX) tensor.
 LAYOUT_AXES = {
     "conv1d": "out, kernel, in",
@@ -97,7 +98,7 @@ def _file_entry(path: Path, kind: str, config: dict | None) -> dict:
     with safe_open(str(path), framework="numpy") as f:
         tensors = {k: f.get_slice(k) for k in f.keys()}
         shapes = {k: tuple(s.get_shape()) for k, s in tensors.items()}
-        dtypes = {k: str(s.get_dtype()) for k, s in tensors.items()}
+        dtypes = {k: SAFETENSORS_DTYPES.get(str(s.get_dtype()), str(s.get_dtype())) for k, s in tensors.items()}
     if kind in ("voice", "hubert", "rmvpe"):
         described = tensor_layouts(kind, shapes)
     else:
