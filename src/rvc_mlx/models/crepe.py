@@ -34,11 +34,11 @@ KERNEL_SIZES = [512, 64, 64, 64, 64, 64]
 STRIDES = [4, 1, 1, 1, 1, 1]
 PADDINGS = [(254, 254)] + [(31, 32)] * 5  # (before, after) on the time axis
 FINAL_LENGTH = 4  # time steps left after six max-pools: 1024 / 4 (stride) / 2**6 = 4
-IM2COL_BUDGET = 512 * 1024 * 1024  # bytes of im2col columns per forward pass
+IM2COL_BUDGET = 1024 * 1024 * 1024  # bytes of im2col columns per forward pass
 
 
 def frames_per_pass(config: "CrepeConfig") -> int:
-    """Frames per forward pass keeping the largest im2col buffer under ``IM2COL_BUDGET`` (16 full, 256 tiny)."""
+    """Frames per forward pass keeping the largest im2col buffer under ``IM2COL_BUDGET`` (32 full, 256 tiny)."""
     length = WINDOW_SIZE // config.strides[0] // 2  # input length of conv2
     per_frame = max(
         length // 2**i * config.kernel_sizes[i + 1] * config.channels[i] * 4 for i in range(N_LAYERS - 1)
