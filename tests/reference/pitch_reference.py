@@ -33,8 +33,8 @@ FCPE_THRESHOLD = 0.006
 EDGE_FRAMES = 3  # frames next to an onset/offset are not scored
 CENTS_TOLERANCE = 50.0  # raw pitch accuracy: within 50 cents
 TORCHAUDIO_RECIPE = """\
-pip install --no-deps torchaudio==2.11.0 torchcrepe==0.0.24 torchfcpe==0.0.4 einops local-attention==1.9.0 \
-resampy
+pip install --no-deps torchaudio==2.11.0 torchcrepe==0.0.24 torchfcpe==0.0.4 einops==0.8.2 local-attention==1.9.0 \
+resampy==0.4.3
 rm -f "$(python -c 'import importlib.util,os;print(os.path.dirname(importlib.util.find_spec("torchaudio").origin))')"/lib/*.so
 """
 
