@@ -101,11 +101,27 @@ class ChannelNorm(nn.Module):
 
     def __call__(self, x: mx.array) -> mx.array:
         """x: (B, T, C) -> (B, T, C)."""
-        mean = mx.mean(x, axis=1, keepdims=True)
+        mean = _blocked_mean(x)
         xc = x - mean
-        var = mx.mean(mx.square(xc), axis=1, keepdims=True)
+        var = _blocked_mean(mx.square(xc))
         scale = mx.rsqrt(var + self.eps) * self.weight
         return xc * scale + self.bias
+
+
+SUM_BLOCK = 256
+
+
+def _blocked_mean(x: mx.array) -> mx.array:
+    """Mean over axis 1 of (B, T, C), keepdims, summed in blocks of ``SUM_BLOCK`` then across blocks.
+
+    A plain float32 running sum over T ≈ 131k samples (41 s at the 3.2 kHz conv-0 rate) loses ~5e-5 relative,
+    which the normalisation turns into ~1e-4 feature errors; blocked summation keeps it at rounding level."""
+    B, T, C = x.shape
+    pad = (-T) % SUM_BLOCK
+    if pad:
+        x = mx.pad(x, [(0, 0), (0, pad), (0, 0)])  # zeros do not change the sum
+    partial = x.reshape(B, -1, SUM_BLOCK, C).sum(axis=2)
+    return partial.sum(axis=1, keepdims=True) / T
 
 
 class FeatureConvLayer(nn.Module):
