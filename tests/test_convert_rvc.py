@@ -33,14 +33,27 @@ def ckpts(ref_cache):
     return get
 
 
+@pytest.fixture(scope="module")
+def converted(ckpts):
+    """variant name -> ``convert_voice`` result of its RVC-Project checkpoint (converted once per module)."""
+    cache = {}
+
+    def get(variant):
+        if variant.name not in cache:
+            cache[variant.name] = convert_voice(ckpts(variant), "model.pth")
+        return cache[variant.name]
+
+    return get
+
+
 def _wn_modules(state: dict) -> list[str]:
     return sorted(k[: -len(".weight_g")] for k in state if k.endswith(".weight_g"))
 
 
 @pytest.mark.parametrize("variant", R.VARIANTS, ids=VARIANT_IDS)
-def test_converts_and_loads_strictly(variant, ckpts, tmp_path):
+def test_converts_and_loads_strictly(variant, ckpts, converted, tmp_path):
     ckpt = ckpts(variant)
-    weights, config = convert_voice(ckpt, "model.pth")
+    weights, config = converted(variant)
     cfg_list = R.config_list(variant)
     assert config["kind"] == "voice" and config["version"] == variant.version
     assert config["sample_rate"] == variant.sample_rate and isinstance(config["sample_rate"], int)
@@ -64,10 +77,10 @@ def test_converts_and_loads_strictly(variant, ckpts, tmp_path):
 
 
 @pytest.mark.parametrize("variant", R.VARIANTS, ids=VARIANT_IDS)
-def test_every_tensor_mapped_or_dropped(variant, ckpts):
+def test_every_tensor_mapped_or_dropped(variant, ckpts, converted):
     """Each source tensor becomes exactly one converted tensor (weight-norm pairs become one ``.weight``)."""
     ckpt = ckpts(variant)
-    weights, _ = convert_voice(ckpt)
+    weights, _ = converted(variant)
     src = ckpt["weight"]
     wn = _wn_modules(src)
     expected = {k for k in src if not k.endswith((".weight_g", ".weight_v"))} | {m + ".weight" for m in wn}
@@ -80,11 +93,11 @@ def test_every_tensor_mapped_or_dropped(variant, ckpts):
 
 
 @pytest.mark.parametrize("variant", R.VARIANTS, ids=VARIANT_IDS)
-def test_layouts_and_weight_norm_fusion(variant, ckpts):
+def test_layouts_and_weight_norm_fusion(variant, ckpts, converted):
     """Fused weights equal torch's own weight_norm of the fp16 checkpoint tensors (≤ 1e-6); every other
     tensor is the source (upcast) in MLX layout."""
     ckpt = ckpts(variant)
-    weights, _ = convert_voice(ckpt)
+    weights, _ = converted(variant)
     src = ckpt["weight"]
     wn = set(_wn_modules(src))
     worst = 0.0
@@ -111,7 +124,7 @@ def test_applio_format(ckpts):
     assert any(".parametrizations.weight.original1" in k for k in applio["weight"])
     weights, config = convert_voice(applio, "applio.pth")
     assert config["sample_rate"] == 40000 and config["embedder"] == "contentvec" and config["info"] == "applio-test"
-    rvc_weights, rvc_config = convert_voice(ckpts(V2_40K_F0))
+    rvc_weights, _ = convert_voice(ckpts(V2_40K_F0))
     assert set(weights) == set(rvc_weights)
     for k in weights:
         np.testing.assert_allclose(weights[k], rvc_weights[k], rtol=0, atol=1e-6, err_msg=k)
