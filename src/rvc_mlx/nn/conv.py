@@ -63,6 +63,22 @@ def conv1d_taps(x: mx.array, taps: list[mx.array], bias: mx.array | None, dilati
     return acc
 
 
+def dilated_as_phases(x: mx.array, weight: mx.array, padding: int, dilation: int) -> mx.array:
+    """Dilated conv1d as an undilated one: the ``d`` interleaved phases of the padded input are independent
+    sequences for a dilation-1 conv (MLX's fast im2col + sgemm path), re-interleaved afterwards.
+    (Measured ~4x faster than a per-tap addmm chain at 256 channels.)"""
+    b, t, c = x.shape
+    k = weight.shape[1]
+    d = dilation
+    out_len = t + 2 * padding - d * (k - 1)
+    n = -(-(t + 2 * padding) // d)  # phase length
+    x = mx.pad(x, [(0, 0), (padding, n * d - t - padding), (0, 0)])
+    x = x.reshape(b, n, d, c).transpose(0, 2, 1, 3).reshape(b * d, n, c)
+    y = mx.conv1d(x, weight)  # (b·d, n − k + 1, C_out)
+    y = y.reshape(b, d, n - k + 1, -1).transpose(0, 2, 1, 3).reshape(b, (n - k + 1) * d, -1)
+    return y[:, :out_len, :]
+
+
 class Conv1d(nn.Module):
     """``torch.nn.Conv1d`` on channels-last input. ``weight``: ``(C_out, K, C_in)``; input/output ``(B, T, C)``."""
 
@@ -93,12 +109,8 @@ class Conv1d(nn.Module):
     def __call__(self, x: mx.array) -> mx.array:
         bias = self.get("bias")
         if self.dilation > 1 and self.stride == 1 and use_cpu_formulations():
-            k = self.weight.shape[1]
-            p = self.padding
-            if p:
-                x = mx.pad(x, [(0, 0), (p, p), (0, 0)])
-            out_len = x.shape[1] - self.dilation * (k - 1)
-            return conv1d_taps(x, self._tap_cache(), bias, self.dilation, out_len)
+            y = dilated_as_phases(x, self.weight, self.padding, self.dilation)
+            return y if bias is None else y + bias
         y = mx.conv1d(x, self.weight, stride=self.stride, padding=self.padding, dilation=self.dilation)
         return y if bias is None else y + bias
 
@@ -146,7 +158,8 @@ class ConvTranspose1d(nn.Module):
     def _poly_cache(self):
         if self._poly[0] is not self.weight:
             kernel, n_taps, m_hi = polyphase_kernel(self.weight, self.stride, self.padding)
-            self._poly = (self.weight, (_tap_matrices(kernel), n_taps, m_hi))
+            mx.eval(kernel)
+            self._poly = (self.weight, (kernel, n_taps, m_hi))
         return self._poly[1]
 
     def __call__(self, x: mx.array) -> mx.array:
@@ -154,14 +167,14 @@ class ConvTranspose1d(nn.Module):
         c_out, k, _ = self.weight.shape
         s, p = self.stride, self.padding
         if s > 1 and use_cpu_formulations():
-            taps, n_taps, m_hi = self._poly_cache()
+            kernel, n_taps, m_hi = self._poly_cache()
             b, t, _ = x.shape
             out_len = (t - 1) * s - 2 * p + k
             t_q = math.ceil(out_len / s)
             right = t_q + n_taps - 1 - m_hi - t
             x = mx.pad(x, [(0, 0), (m_hi, max(right, 0)), (0, 0)])
-            pbias = None if bias is None else mx.tile(bias, (s,))
-            y = conv1d_taps(x, taps, pbias, 1, t_q)  # (B, t_q, s·C_out), phase-major channels
-            return y.reshape(b, t_q * s, c_out)[:, :out_len, :]
+            y = mx.conv1d(x, kernel)[:, :t_q, :]  # (B, t_q, s·C_out), phase-major channels
+            y = y.reshape(b, t_q * s, c_out)[:, :out_len, :]
+            return y if bias is None else y + bias
         y = mx.conv_transpose1d(x, self.weight, stride=s, padding=p)
         return y if bias is None else y + bias
