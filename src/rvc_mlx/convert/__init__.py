@@ -47,7 +47,7 @@ def detect_kind(ckpt: Any) -> str | None:
     return None
 
 
-def _convert_checkpoint(ckpt: Any, kind: str, source: str, path: Path):
+def _convert_checkpoint(ckpt: Any, kind: str, source: str):
     if kind == "voice":
         return _module("rvc").convert_voice(ckpt, source)
     if kind == "hubert":
@@ -57,8 +57,7 @@ def _convert_checkpoint(ckpt: Any, kind: str, source: str, path: Path):
     if kind == "fcpe":
         return _module("fcpe").convert_fcpe(ckpt, source)
     if kind == "crepe":
-        model = "tiny" if "tiny" in path.name.lower() else "full"
-        return _module("crepe").convert_crepe(ckpt, source, model=model)
+        return _module("crepe").convert_crepe(ckpt, source)  # size (full/tiny) is read from the weights
     raise ConversionError(f"{source}: unknown kind {kind!r} (choose from {', '.join(KINDS)})")
 
 
@@ -87,7 +86,7 @@ def convert_file(path: str | os.PathLike, kind: str | None = None) -> tuple[dict
                 "(pass --kind to force one)"
             )
         kind = detected
-    weights, config = _convert_checkpoint(ckpt, kind, source, path)
+    weights, config = _convert_checkpoint(ckpt, kind, source)
     config["source_sha256"] = sha256_file(path)
     return weights, config
 

@@ -1,0 +1,336 @@
+"""The rvc-mlx command line: convert/info, infer with every flag, batch, download (fake hub), and bad input.
+
+Bad input must give one line on stderr, a non-zero exit and no output file.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from rvc_mlx.cli import main
+from tests.reference import hubert_models, rmvpe_models, rvc_models
+from tests.reference.rvc_pipeline import ReferenceModels
+
+SR16 = 16000
+
+
+@pytest.fixture(scope="module")
+def models(ref_cache):
+    return ReferenceModels(ref_cache)
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    path = tmp_path_factory.mktemp("audio") / "speech.wav"
+    sf.write(path, hubert_models.speech_like(int(SR16 * 0.6) + 3, seed=2), SR16)
+    return path
+
+
+def _run(argv, capsys):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _base_args(models, voice="v2-40k-f0"):
+    path, _, _ = models.voice(voice)
+    return ["-m", path, "--hubert", models.hubert_path, "--rmvpe", models.rmvpe_path]
+
+
+# -- convert / info -----------------------------------------------------------------------------------------------
+
+
+def test_info_on_pth_and_converted_file_agree(models, ref_cache, tmp_path, capsys):
+    variant = next(v for v in rvc_models.VARIANTS if v.name == "v1-48k-f0")
+    pth = rvc_models.checkpoint_path(ref_cache, variant)
+    out = tmp_path / "voice.safetensors"
+    code, text, _ = _run(["convert", pth, "-o", out], capsys)
+    assert code == 0 and out.is_file()
+    facts = []
+    for f in (pth, out):
+        code, text, _ = _run(["info", f, "--json"], capsys)
+        assert code == 0
+        facts.append(json.loads(text))
+    a, b = facts
+    assert a.pop("format") != b.pop("format")
+    assert a == b
+    assert a["kind"] == "voice" and a["version"] == "v1" and a["sample_rate"] == 48000 and a["use_f0"] is True
+    n_params = sum(t.numel() for k, t in rvc_models.reference_model(
+        rvc_models.load_torch_checkpoint(pth)).state_dict().items())
+    # weight norm is fused (g, v -> w), so the converted count is below torch's and above zero
+    assert 0.9 * n_params < a["parameters"] <= n_params
+    code, text, _ = _run(["info", out], capsys)
+    assert "sample rate:  48000" in text and "speakers:" in text
+
+
+def test_convert_detects_every_kind(models, ref_cache, tmp_path, capsys):
+    sources = {
+        "hubert": hubert_models.ensure_reference(ref_cache / "hubert") / hubert_models.FAIRSEQ_FILE,
+        "rmvpe": models.rmvpe_pt,
+    }
+    for kind, src in sources.items():
+        out = tmp_path / f"{kind}.safetensors"
+        code, text, err = _run(["convert", src, "-o", out], capsys)
+        assert code == 0, err
+        code, text, _ = _run(["info", out, "--json"], capsys)
+        assert json.loads(text)["kind"] == kind
+
+
+def test_malicious_pth_is_refused_by_the_cli(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    evil = tmp_path / "voice.pth"
+    torch.save({"weight": {"a": torch.ones(1)}, "x": Evil()}, evil)
+    out = tmp_path / "out.safetensors"
+    for argv in (["convert", evil, "-o", out], ["info", evil]):
+        proc = subprocess.run([sys.executable, "-m", "rvc_mlx.cli", *map(str, argv)], capture_output=True, text=True)
+        assert proc.returncode != 0
+        assert proc.stderr.strip().count("\n") == 0 and "refuses" in proc.stderr and "Traceback" not in proc.stderr
+    assert not marker.exists() and not out.exists()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty"])
+def test_corrupt_checkpoints_fail_cleanly(models, ref_cache, tmp_path, capsys, damage):
+    variant = next(v for v in rvc_models.VARIANTS if v.name == "v1-32k-nof0")
+    data = rvc_models.checkpoint_path(ref_cache, variant).read_bytes()
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes({"truncated": data[: len(data) // 3], "garbage": os.urandom(5000), "empty": b""}[damage])
+    out = tmp_path / "bad.safetensors"
+    code, _, err = _run(["convert", bad, "-o", out], capsys)
+    assert code == 1 and err.count("\n") == 1 and str(bad) in err and not out.exists()
+
+
+def test_corrupt_safetensors_info_fails_cleanly(tmp_path, capsys):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all")
+    code, _, err = _run(["info", bad], capsys)
+    assert code == 1 and err.count("\n") == 1 and str(bad) in err
+
+
+# -- infer ------------------------------------------------------------------------------------------------------
+
+
+def test_infer_every_flag(models, clip, tmp_path, capsys):
+    """Every infer option is accepted and changes what it should (compared with a plain deterministic run)."""
+    plain = tmp_path / "plain.wav"
+    code, _, err = _run(["infer", "-i", clip, "-o", plain, *_base_args(models), "--deterministic"], capsys)
+    assert code == 0, err
+    ref, sr = sf.read(plain)
+    assert sr == 40000 and ref.size > 0.5 * sr and np.abs(ref).max() > 0.01
+    f0_csv = tmp_path / "f0.csv"
+    f0_csv.write_text("".join(f"{t / 100:.2f},{220 + 30 * np.sin(t / 10):.2f}\n" for t in range(60)))
+    variants = {
+        "pitch": ["--pitch", "7"],
+        "f0-method": ["--f0-method", "pm"],
+        "index": ["--index", models.index(768), "--index-rate", "0.9"],
+        "filter-radius": ["--f0-method", "harvest", "--filter-radius", "5"],
+        "rms-mix-rate": ["--rms-mix-rate", "1"],
+        "protect": ["--index", models.index(768), "--index-rate", "0.9", "--protect", "0.5"],  # vs "index"
+        "resample-sr": ["--resample-sr", "22050"],
+        "f0-file": ["--f0-file", f0_csv],
+        "autotune": ["--autotune", "1.0"],
+        "seed": ["--seed", "3"],  # default noise instead of --deterministic
+    }
+    outputs = {}
+    for name, extra in variants.items():
+        out = tmp_path / f"{name}.wav"
+        det = [] if name == "seed" else ["--deterministic"]
+        code, _, err = _run(["infer", "-i", clip, "-o", out, *_base_args(models), *det, *extra], capsys)
+        assert code == 0, (name, err)
+        got, got_sr = sf.read(out)
+        if name == "resample-sr":
+            assert got_sr == 22050 and abs(got.size - ref.size * 22050 / 40000) < 3
+            continue
+        outputs[name] = got
+        base = outputs["index"] if name == "protect" else ref  # protect only acts on retrieved features
+        assert got_sr == 40000 and got.shape == ref.shape, name
+        assert np.max(np.abs(got - base)) > 1e-3, f"{name} did not change the output"
+
+
+def test_infer_sid_and_formats(models, clip, tmp_path, capsys):
+    for fmt in ("flac", "ogg", "mp3"):
+        out = tmp_path / f"out.{fmt}"
+        code, _, err = _run(["infer", "-i", clip, "-o", out, *_base_args(models), "--deterministic",
+                             "--format", fmt, "--sid", "0"], capsys)
+        assert code == 0, err
+        audio, sr = sf.read(out)
+        assert sr == 40000 and audio.size > 0.4 * sr
+    code, _, err = _run(["infer", "-i", clip, "-o", tmp_path / "x.wav", *_base_args(models), "--sid", "5"], capsys)
+    assert code == 1 and "speaker id 5" in err and not (tmp_path / "x.wav").exists()
+
+
+def test_infer_converts_pth_on_the_fly_and_caches_it(models, ref_cache, clip, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("RVC_MLX_HOME", str(tmp_path / "home"))
+    variant = next(v for v in rvc_models.VARIANTS if v.name == "v1-32k-nof0")
+    pth = rvc_models.checkpoint_path(ref_cache, variant)
+    out = tmp_path / "o.wav"
+    argv = ["infer", "-i", clip, "-o", out, "-m", pth, "--hubert", models.hubert_path, "--deterministic"]
+    assert _run(argv, capsys)[0] == 0
+    cached = list((tmp_path / "home" / "voices").glob("*.safetensors"))
+    assert len(cached) == 1
+    mtime = cached[0].stat().st_mtime_ns
+    assert _run(argv, capsys)[0] == 0
+    assert cached[0].stat().st_mtime_ns == mtime  # reused, not converted again
+
+
+def _bad_inputs(tmp_path):
+    cases = {}
+    for name, data in {
+        "empty": np.zeros(0, np.float32),
+        "silent": np.zeros(SR16, np.float32),
+        "short": 0.1 * np.ones(800, np.float32),
+    }.items():
+        p = tmp_path / f"{name}.wav"
+        sf.write(p, data, SR16)
+        cases[name] = (p, {"empty": "no audio", "silent": "silent", "short": "at least 0.1 s"}[name])
+    nan = tmp_path / "nan.wav"
+    x = hubert_models.speech_like(SR16, seed=1)
+    x[100] = np.nan
+    sf.write(nan, x, SR16, subtype="FLOAT")
+    cases["nan"] = (nan, "NaN")
+    junk = tmp_path / "junk.wav"
+    junk.write_bytes(b"RIFF????WAVEfmt garbage" + os.urandom(200))
+    cases["unreadable"] = (junk, "cannot decode")
+    cases["missing"] = (tmp_path / "nope.wav", "not found")
+    return cases
+
+
+def test_bad_audio_inputs(models, tmp_path, capsys):
+    for name, (src, needle) in _bad_inputs(tmp_path).items():
+        out = tmp_path / f"out-{name}.wav"
+        code, _, err = _run(["infer", "-i", src, "-o", out, *_base_args(models)], capsys)
+        assert code == 1, name
+        assert err.count("\n") == 1 and needle in err and "Traceback" not in err, (name, err)
+        assert not out.exists(), name
+
+
+def test_bad_models_and_index(models, clip, tmp_path, capsys):
+    out = tmp_path / "o.wav"
+    cases = {
+        "missing voice": (["-m", tmp_path / "none.pth", "--hubert", models.hubert_path], "not found"),
+        "missing hubert": ([*_base_args(models)[:2], "--hubert", tmp_path / "none.safetensors"], "not found"),
+        "hubert as voice": (["-m", models.hubert_path, "--hubert", models.hubert_path], "not a voice model"),
+        "v1 index, v2 model": ([*_base_args(models), "--index", models.index(256)], "256-d features"),
+        "missing index": ([*_base_args(models), "--index", tmp_path / "x.index"], "not found"),
+    }
+    for name, (args, needle) in cases.items():
+        code, _, err = _run(["infer", "-i", clip, "-o", out, *args], capsys)
+        assert code == 1 and err.count("\n") == 1 and needle in err, (name, err)
+        assert not out.exists()
+    code, _, err = _run(["infer", "-i", clip, "-o", out, *_base_args(models), "--protect", "0.9"], capsys)
+    assert code == 1 and "protect" in err
+
+
+def test_missing_base_models_say_how_to_get_them(models, clip, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("RVC_MLX_HOME", str(tmp_path / "empty-home"))
+    path, _, _ = models.voice("v2-40k-f0")
+    code, _, err = _run(["infer", "-i", clip, "-o", tmp_path / "o.wav", "-m", path], capsys)
+    assert code == 1 and "rvc-mlx download" in err
+
+
+# -- batch ------------------------------------------------------------------------------------------------------
+
+
+def test_batch_skips_existing_and_continues_past_bad_files(models, tmp_path, capsys):
+    src, dst = tmp_path / "in", tmp_path / "out"
+    (src / "sub").mkdir(parents=True)
+    for i, name in enumerate(["a.wav", "sub/b.flac"]):
+        sf.write(src / name, hubert_models.speech_like(int(SR16 * 0.4), seed=i), SR16)
+    (src / "corrupt.wav").write_bytes(b"not audio at all" * 10)
+    dst.mkdir()
+    (dst / "a.wav").write_bytes(b"existing")
+    code, out, err = _run(["batch", src, dst, *_base_args(models), "--deterministic", "-q"], capsys)
+    assert code == 1
+    assert "1 converted, 1 skipped" in out and "1 failed" in out
+    assert "corrupt.wav" in err
+    assert (dst / "a.wav").read_bytes() == b"existing"
+    assert sf.info(dst / "sub" / "b.wav").samplerate == 40000
+    assert not (dst / "corrupt.wav").exists()
+
+
+# -- download (fake hub on loopback) -------------------------------------------------------------------------------
+
+
+class _FakeHub(http.server.BaseHTTPRequestHandler):
+    root: Path
+
+    def log_message(self, *args):
+        pass
+
+    def _serve(self, body: bool):
+        parts = self.path.split("?")[0].lstrip("/").split("/")
+        path = self.root.joinpath(parts[0], parts[1], *parts[4:]) if len(parts) > 4 and parts[2] == "resolve" else None
+        if path is None or not path.is_file():
+            self.send_response(404)
+            self.send_header("X-Error-Code", "EntryNotFound")
+            self.end_headers()
+            return
+        data = path.read_bytes()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("ETag", f'"{abs(hash(data))}"')
+        self.send_header("X-Repo-Commit", "0" * 40)
+        self.end_headers()
+        if body:
+            self.wfile.write(data)
+
+    def do_HEAD(self):
+        self._serve(False)
+
+    def do_GET(self):
+        self._serve(True)
+
+
+@pytest.fixture
+def fake_hub(models, ref_cache, tmp_path, monkeypatch):
+    root = tmp_path / "hub"
+    repo = root / "lj1995" / "VoiceConversionWebUI"
+    repo.mkdir(parents=True)
+    hub_dir = hubert_models.ensure_reference(ref_cache / "hubert")
+    os.link(hub_dir / hubert_models.FAIRSEQ_FILE, repo / "hubert_base.pt")
+    os.link(models.rmvpe_pt, repo / "rmvpe.pt")
+    handler = type("Hub", (_FakeHub,), {"root": root})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.server_address[1]}")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    monkeypatch.setenv("RVC_MLX_HOME", str(tmp_path / "home"))
+    import huggingface_hub.constants as c
+
+    monkeypatch.setattr(c, "ENDPOINT", os.environ["HF_ENDPOINT"])
+    monkeypatch.setattr(c, "HUGGINGFACE_CO_URL_TEMPLATE", os.environ["HF_ENDPOINT"] + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.setattr(c, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    yield tmp_path
+    server.shutdown()
+
+
+def test_download_fetches_and_converts_from_the_hub(fake_hub, models, clip, capsys):
+    code, out, err = _run(["download"], capsys)
+    assert code == 0, err
+    home = fake_hub / "home"
+    for name, kind in (("hubert_base", "hubert"), ("rmvpe", "rmvpe")):
+        code, text, _ = _run(["info", home / f"{name}.safetensors", "--json"], capsys)
+        assert json.loads(text)["kind"] == kind
+    # infer now finds the base models in the models directory
+    path, _, _ = models.voice("v2-40k-f0")
+    code, _, err = _run(["infer", "-i", clip, "-o", fake_hub / "o.wav", "-m", path, "--deterministic"], capsys)
+    assert code == 0, err
+    # a file the hub does not have is a one-line error
+    code, _, err = _run(["download", "contentvec"], capsys)
+    assert code == 1 and "download failed" in err and err.count("\n") == 1
