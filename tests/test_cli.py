@@ -334,3 +334,16 @@ def test_download_fetches_and_converts_from_the_hub(fake_hub, models, clip, caps
     # a file the hub does not have is a one-line error
     code, _, err = _run(["download", "contentvec"], capsys)
     assert code == 1 and "download failed" in err and err.count("\n") == 1
+
+
+@pytest.mark.slow
+def test_demo_runs_offline(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("RVC_MLX_HOME", str(tmp_path / "home"))
+    out = tmp_path / "demo.wav"
+    code, text, err = _run(["demo", "-o", out], capsys)
+    assert code == 0, err
+    assert "UNTRAINED" in text
+    audio, sr = sf.read(out)
+    clip, clip_sr = sf.read(Path(__file__).parents[1] / "src" / "rvc_mlx" / "data" / "demo_speech.flac")
+    assert sr == 40000 and abs(audio.size / sr - clip.size / clip_sr) < 0.02
+    assert np.sqrt(np.mean(audio**2)) > 0.01  # not silence

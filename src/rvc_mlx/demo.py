@@ -22,33 +22,39 @@ def demo_clip() -> Path:
     return Path(str(resources.files("rvc_mlx") / "data" / DEMO_CLIP))
 
 
-def _save_module(path: Path, module, config: dict) -> None:
+def _save_module(path: Path, module, config: dict, seed: int) -> None:
+    """Save ``module`` with every matrix/kernel drawn from N(0, 1/fan_in): some layers of the networks start at
+    zero (they are always loaded from a checkpoint), which would make an untrained model output silence."""
     from mlx.utils import tree_flatten
 
     from . import store
 
-    weights = {k: np.array(v) for k, v in tree_flatten(module.parameters())}
+    rng = np.random.default_rng(seed)
+    weights = {}
+    for name, value in tree_flatten(module.parameters()):
+        value = np.array(value)
+        if value.ndim >= 2 and np.issubdtype(value.dtype, np.floating):
+            fan_in = int(np.prod(value.shape[1:]))
+            value = (rng.standard_normal(value.shape) / np.sqrt(fan_in)).astype(np.float32)
+        weights[name] = value
     store.save(path, weights, config)
 
 
 def build_demo_models(directory: Path) -> tuple[Path, Path]:
     """Write an untrained v2/40k voice and HuBERT to ``directory`` (once). Returns (voice, hubert) paths."""
-    import mlx.core as mx
-
     from .models.hubert import Hubert, HubertConfig
     from .models.synthesizer import Synthesizer, SynthesizerConfig
 
     directory.mkdir(parents=True, exist_ok=True)
     voice, hubert = directory / "demo-voice-untrained.safetensors", directory / "demo-hubert-untrained.safetensors"
     if not voice.is_file():
-        mx.random.seed(DEMO_SEED)
         cfg = SynthesizerConfig()
         extra = {"kind": "voice", "vocoder": "HiFi-GAN", "embedder": "demo", "info": UNTRAINED}
-        _save_module(voice, Synthesizer(cfg), {**dataclasses.asdict(cfg), **extra})
+        _save_module(voice, Synthesizer(cfg), {**dataclasses.asdict(cfg), **extra}, DEMO_SEED)
     if not hubert.is_file():
-        mx.random.seed(DEMO_SEED + 1)
         cfg = HubertConfig(embedder="demo")
-        _save_module(hubert, Hubert(cfg), {**dataclasses.asdict(cfg), "kind": "hubert", "info": UNTRAINED})
+        _save_module(hubert, Hubert(cfg), {**dataclasses.asdict(cfg), "kind": "hubert", "info": UNTRAINED},
+                     DEMO_SEED + 1)
     return voice, hubert
 
 
