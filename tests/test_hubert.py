@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from reference import hubert_models as H
+from tests.reference import hubert_models as H
 from rvc_mlx import store
 from rvc_mlx.checkpoint import load_checkpoint
 from rvc_mlx.convert.hubert import (
