@@ -347,3 +347,22 @@ def test_demo_runs_offline(tmp_path, capsys, monkeypatch):
     clip, clip_sr = sf.read(Path(__file__).parents[1] / "src" / "rvc_mlx" / "data" / "demo_speech.flac")
     assert sr == 40000 and abs(audio.size / sr - clip.size / clip_sr) < 0.02
     assert np.sqrt(np.mean(audio**2)) > 0.01  # not silence
+
+
+def test_pitch_command_csv_and_plot(tmp_path, capsys):
+    t = np.arange(int(SR16 * 1.5)) / SR16
+    tone = 0.4 * np.sin(2 * np.pi * 220.0 * t) + 0.1 * np.sin(2 * np.pi * 440.0 * t)
+    tone[: SR16 // 2] = 0.0005 * np.random.default_rng(0).standard_normal(SR16 // 2)  # unvoiced lead-in
+    src = tmp_path / "tone.wav"
+    sf.write(src, tone, SR16)
+    csv, png = tmp_path / "f0.csv", tmp_path / "f0.png"
+    code, _, err = _run(["pitch", "-i", src, "--method", "pm", "-o", csv, "--plot", png], capsys)
+    assert code == 0, err
+    rows = np.loadtxt(csv, delimiter=",", skiprows=1)
+    assert rows.shape[1] == 3 and abs(rows[1, 0] - rows[0, 0] - 0.01) < 1e-9
+    voiced = rows[rows[:, 2] == 1]
+    assert np.all(rows[rows[:, 0] < 0.4, 2] == 0)  # the quiet lead-in is unvoiced
+    assert len(voiced) > 80 and abs(np.median(voiced[:, 1]) - 220.0) < 2.0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    code, _, err = _run(["pitch", "-i", tmp_path / "missing.wav", "--method", "pm"], capsys)
+    assert code == 1 and "not found" in err
