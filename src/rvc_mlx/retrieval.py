@@ -63,6 +63,11 @@ class FeatureIndex:
 
     def blend(self, feats: np.ndarray, index_rate: float, k: int = TOP_K) -> np.ndarray:
         """``index_rate * retrieved + (1 - index_rate) * feats`` for feats (T, D) float32 at 50 fps."""
+        import faiss
+
+        # faiss's OpenMP threads would call into the OpenBLAS preloaded for MLX (a pthreads build), which
+        # OpenBLAS warns may hang; the search is small, so run it on one thread.
+        faiss.omp_set_num_threads(1)
         self.check_dim(feats.shape[1])
         feats = np.ascontiguousarray(feats, dtype=np.float32)
         k = min(k, self.index.ntotal)
