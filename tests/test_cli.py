@@ -125,6 +125,7 @@ def test_corrupt_safetensors_info_fails_cleanly(tmp_path, capsys):
 # -- infer ------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_infer_every_flag(models, clip, tmp_path, capsys):
     """Every infer option is accepted and changes what it should (compared with a plain deterministic run)."""
     plain = tmp_path / "plain.wav"
