@@ -12,7 +12,6 @@ behaves like the original voice (exact k-NN over the stored vectors). Nothing he
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .convert import sha256_file
 from .errors import FormatError, InputError, RvcMlxError
 
 BUNDLE_FORMAT = "rvc-mlx-bundle"
@@ -67,14 +67,6 @@ def tensor_layouts(kind: str, shapes: dict[str, tuple]) -> dict[str, dict]:
         axes = LAYOUT_AXES.get(layout) or KEEP_AXES.get(len(shape), "as PyTorch")
         out[name] = {"shape": list(shape), "layout": layout, "axes": axes}
     return out
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _copy_model(src: Path, dst: Path, fp16: bool) -> dict:
