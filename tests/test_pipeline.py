@@ -20,6 +20,14 @@ def models(ref_cache):
     return ReferenceModels(ref_cache)
 
 
+def _clip(seconds: float, seed: int) -> np.ndarray:
+    """Speech-like audio with a strongly varying loudness (so the rms mix visibly matters)."""
+    n = int(SR16 * seconds) + 7
+    t = np.arange(n) / SR16
+    envelope = np.linspace(0.15, 1.0, n) * (0.6 + 0.4 * np.sin(2 * np.pi * 0.8 * t))
+    return (hubert_models.speech_like(n, seed=seed) * envelope).astype(np.float32)
+
+
 def _ours(models, voice, audio, index=None, rmvpe=True, **opts):
     path, _, _ = models.voice(voice)
     vc = VoiceConverter.load(path, hubert=models.hubert_path, rmvpe=models.rmvpe_path if rmvpe else None,
@@ -54,7 +62,7 @@ def test_pipeline_matches_reference(models, case):
     voice, opts, use_index = CASES[case]
     dim = 256 if voice.startswith("v1") else 768
     index = models.index(dim) if use_index else None
-    audio = hubert_models.speech_like(int(SR16 * 3.3) + 7, seed=3)
+    audio = _clip(3.3, seed=3)
     ours = _ours(models, voice, audio, index=index, **opts)
     ref = reference_convert(models, voice, audio, index=index, **opts)
     corr, diff = _compare(ours, ref)
@@ -70,7 +78,7 @@ def test_pipeline_matches_reference(models, case):
 ])
 def test_each_option_moves_the_output(models, option, value, base):
     """Guard against vacuous parity: every option under test changes the output far beyond the tolerance."""
-    audio = hubert_models.speech_like(int(SR16 * 3.3) + 7, seed=3)
+    audio = _clip(3.3, seed=3)
     index = models.index(768)
     a, _ = _ours(models, "v2-40k-f0", audio, index=index, **{option: value})
     b, _ = _ours(models, "v2-40k-f0", audio, index=index, **{option: base})

@@ -17,6 +17,7 @@ from .store import atomic_write
 WRITE_FORMATS = {"wav": "WAV", "flac": "FLAC", "ogg": "OGG", "mp3": "MP3"}
 MIN_SECONDS = 0.1
 SILENCE_PEAK = 1e-6  # peak below this is treated as digital silence
+MP3_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)  # what MPEG audio can carry
 
 
 def resample(audio: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
@@ -105,9 +106,16 @@ def write(path: str | os.PathLike, audio: np.ndarray, sr: int, fmt: str | None =
     if fmt not in WRITE_FORMATS:
         raise AudioError(f"{path}: cannot write format {fmt!r} (choose from {', '.join(WRITE_FORMATS)})")
     subtype = "PCM_16" if fmt in ("wav", "flac") else None
-    audio = np.clip(np.asarray(audio, dtype=np.float32), -1.0, 1.0)
+    audio = np.asarray(audio, dtype=np.float32)
+    if fmt == "mp3" and sr not in MP3_RATES:  # e.g. 40 kHz models: the next rate MPEG supports
+        target = min((r for r in MP3_RATES if r > sr), default=MP3_RATES[-1])
+        audio, sr = resample(audio, sr, target), target
+    audio = np.clip(audio, -1.0, 1.0)
 
     def _write(tmp):
-        sf.write(tmp, audio, sr, format=WRITE_FORMATS[fmt], subtype=subtype)
+        try:
+            sf.write(tmp, audio, sr, format=WRITE_FORMATS[fmt], subtype=subtype)
+        except sf.LibsndfileError as e:
+            raise AudioError(f"{path}: cannot write {fmt} ({e.error_string})") from None
 
     atomic_write(path, _write)
