@@ -2,13 +2,13 @@
 ``HubertModel`` with ``strict=True``, and fairseq's ``extract_features(output_layer=L)`` — what RVC calls —
 equals transformers' ``hidden_states[L]`` (and ``final_proj`` of it for v1).
 
-fairseq is not a dependency: install it aside, e.g.::
+fairseq is not a dependency: install it aside (``ASIDE`` = any scratch directory), e.g.::
 
-    pip install --target /tmp/cy cython
-    PYTHONPATH=/tmp/cy MAX_JOBS=2 pip install --no-build-isolation --no-deps --target /tmp/fsite fairseq-fixed==0.12.3.1
-    pip install --no-deps --target /tmp/fdeps hydra-core "antlr4-python3-runtime==4.9.3" bitarray sacrebleu \
+    pip install --target $ASIDE/cy cython
+    PYTHONPATH=$ASIDE/cy MAX_JOBS=2 pip install --no-build-isolation --no-deps --target $ASIDE/fsite fairseq-fixed==0.12.3.1
+    pip install --no-deps --target $ASIDE/fdeps hydra-core "antlr4-python3-runtime==4.9.3" bitarray sacrebleu \
         portalocker tabulate colorama lxml regex
-    cd tests && PYTHONPATH=/tmp/fsite:/tmp/fdeps python -m reference.hubert_fairseq_check CACHE_DIR
+    PYTHONPATH=.:$ASIDE/fsite:$ASIDE/fdeps python -m tests.reference.hubert_fairseq_check CACHE_DIR
 
 Measured 2026-11-25 (fairseq-fixed 0.12.3.1, torch 2.13.0): max|diff| 0.0 for layer 9, final_proj(layer 9) and
 layer 12 at 801, 16001 and 116803 samples.
