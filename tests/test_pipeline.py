@@ -83,7 +83,8 @@ def test_each_option_moves_the_output(models, option, value, base):
     a, _ = _ours(models, "v2-40k-f0", audio, index=index, **{option: value})
     b, _ = _ours(models, "v2-40k-f0", audio, index=index, **{option: base})
     corr = float(np.corrcoef(a, b)[0, 1])
-    assert corr < 0.999, (option, corr)
+    # at least twice the parity tolerance (and ~1000x the observed parity mismatch, 1 - corr < 1e-7)
+    assert 1 - corr > 2 * (1 - MIN_CORRELATION), (option, corr)
 
 
 @pytest.mark.slow
