@@ -116,22 +116,12 @@ def resolve_voice(path: str) -> Path:
 
 
 def options_from_args(args):
+    """ConversionOptions from the parsed flags (every option field has a flag of the same name)."""
+    from dataclasses import fields
+
     from .pipeline import ConversionOptions
 
-    return ConversionOptions(
-        pitch=args.pitch,
-        f0_method=args.f0_method,
-        index_rate=args.index_rate,
-        filter_radius=args.filter_radius,
-        rms_mix_rate=args.rms_mix_rate,
-        protect=args.protect,
-        resample_sr=args.resample_sr,
-        sid=args.sid,
-        f0_file=args.f0_file,
-        autotune=args.autotune,
-        deterministic=args.deterministic,
-        seed=args.seed,
-    ).validate()
+    return ConversionOptions(**{f.name: getattr(args, f.name) for f in fields(ConversionOptions)}).validate()
 
 
 def load_converter(args):
