@@ -63,7 +63,7 @@ def preload_blas() -> str | None:
     if _state["done"]:
         return _state["blas"]
     _state["done"] = True
-    if platform.system() != "Linux" or "mlx.core" in sys.modules:
+    if platform.system() != "Linux" or "mlx.core" in sys.modules or not enabled("blas"):
         return None
     for path in blas_candidates():
         try:
@@ -85,6 +85,47 @@ def blas_in_use() -> str | None:
     return _state["blas"]
 
 
+# -- fast-path switches -------------------------------------------------------------------------------------------
+# Every CPU fast path can be turned off on its own, e.g. ``RVC_MLX_DISABLE=exp,tile`` (or ``set_enabled``), to
+# measure what it buys or to rule it out when results look wrong. All are numerically equivalent to the plain path.
+FAST_PATHS = {
+    "blas": "optimized BLAS loaded before MLX on Linux (this module; also $RVC_MLX_BLAS=none)",
+    "cache": "MLX buffer cache kept up to CACHE_LIMIT_BYTES (no page faults on every large temporary)",
+    "conv": "CPU conv rewrites: per-tap addmm conv1d, polyphase conv_transpose1d, im2col conv2d (nn.conv, nn.conv2d)",
+    "exp": "NumPy's vectorised exp for softmax/sigmoid/tanh on CPU (nn.fastmath); MLX's CPU exp is scalar",
+    "tile": "the decoder runs in time tiles with an exact halo (bounded memory, cache-sized temporaries)",
+    "gru": "bidirectional GRU with both directions batched and the input projection hoisted (nn.gru)",
+}
+DISABLE_ENV = "RVC_MLX_DISABLE"
+_overrides: dict[str, bool] = {}
+
+
+def enabled(name: str) -> bool:
+    """Whether fast path ``name`` (a key of ``FAST_PATHS``) is on: ``set_enabled`` wins, then ``$RVC_MLX_DISABLE``."""
+    if name not in FAST_PATHS:
+        raise KeyError(f"unknown fast path {name!r}; known: {', '.join(FAST_PATHS)}")
+    if name in _overrides:
+        return _overrides[name]
+    disabled = {n.strip() for n in os.environ.get(DISABLE_ENV, "").split(",")}
+    return name not in disabled and "all" not in disabled
+
+
+def set_enabled(name: str, on: bool | None) -> None:
+    """Turn fast path ``name`` on or off for this process (``None``: back to the environment's choice)."""
+    enabled(name)  # validates the name
+    if on is None:
+        _overrides.pop(name, None)
+    else:
+        _overrides[name] = bool(on)
+
+
+def on_cpu() -> bool:
+    """True when MLX's default device is the CPU (the CPU fast paths apply)."""
+    import mlx.core as mx
+
+    return mx.default_device() == mx.cpu
+
+
 CACHE_LIMIT_BYTES = 4 << 30
 
 
@@ -92,4 +133,5 @@ def configure_mlx() -> None:
     """Keep freed buffers cached (avoids page-faulting every large temporary on CPU)."""
     import mlx.core as mx
 
-    mx.set_cache_limit(CACHE_LIMIT_BYTES)
+    if enabled("cache"):
+        mx.set_cache_limit(CACHE_LIMIT_BYTES)

@@ -35,6 +35,7 @@ import mlx.nn as nn
 
 from ..backend import configure_mlx
 from ..errors import AudioError, InputError
+from ..nn import fastmath
 from ..nn.gelu import gelu
 from ..store import load, load_into
 
@@ -205,7 +206,7 @@ class Attention(nn.Module):
             return y.reshape(B, T, h, C // h).transpose(0, 2, 1, 3)
 
         q, k, v = heads(self.q_proj(x)), heads(self.k_proj(x)), heads(self.v_proj(x))
-        o = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale)
+        o = fastmath.attention(q, k, v, self.scale)
         return self.out_proj(o.transpose(0, 2, 1, 3).reshape(B, T, C))
 
 

@@ -26,6 +26,7 @@ import mlx.nn as nn
 import numpy as np
 
 from ..errors import InputError
+from ..nn import fastmath
 from ..nn.attention import RelativeMultiHeadAttention
 from ..nn.conv import Conv1d
 from .generator import Generator, SourceNoise, leaky_relu
@@ -175,7 +176,7 @@ class WN(nn.Module):
             a = inl(x)
             if cond is not None:
                 a = a + cond[..., 2 * h * i : 2 * h * (i + 1)]
-            acts = mx.tanh(a[..., :h]) * mx.sigmoid(a[..., h:])
+            acts = fastmath.tanh(a[..., :h]) * fastmath.sigmoid(a[..., h:])
             r = rs(acts)
             if i < self.n_layers - 1:
                 x = x + r[..., :h]

@@ -12,6 +12,7 @@ import math
 import mlx.core as mx
 import mlx.nn as nn
 
+from . import fastmath
 from .conv import Conv1d
 
 
@@ -64,10 +65,10 @@ class RelativeMultiHeadAttention(nn.Module):
         rel = mx.concatenate([rel, mx.zeros((b, h, t, 1), dtype=rel.dtype)], axis=-1)
         band = mx.broadcast_to(_band_index(t, w), (b, h, t, t))
         scores = scores + mx.take_along_axis(rel, band, axis=-1)
-        p = mx.softmax(scores, axis=-1)
-        out = p @ v
-        p_pad = mx.concatenate([p, mx.zeros((b, h, t, 1), dtype=p.dtype)], axis=-1)
+        e = fastmath.exp_shifted(scores)  # softmax = e / total, divided after the products
+        out, total = fastmath.weighted_sum(e, v)
+        e_pad = mx.concatenate([e, mx.zeros((b, h, t, 1), dtype=e.dtype)], axis=-1)
         diag = mx.broadcast_to(_diag_index(t, w), (b, h, t, 2 * w + 1))
-        out = out + mx.take_along_axis(p_pad, diag, axis=-1) @ self.emb_rel_v[0]
+        out = (out + mx.take_along_axis(e_pad, diag, axis=-1) @ self.emb_rel_v[0]) / total
         out = out.transpose(0, 2, 1, 3).reshape(b, t, c)
         return self.conv_o(out)

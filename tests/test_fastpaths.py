@@ -1,0 +1,77 @@
+"""The CPU fast paths' switches and the NumPy-backed transcendental functions (nn.fastmath)."""
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+from rvc_mlx import backend
+from rvc_mlx.nn import fastmath
+
+
+@pytest.fixture
+def exp_path(request):
+    backend.set_enabled("exp", request.param)
+    yield request.param
+    backend.set_enabled("exp", None)
+
+
+def test_switches_env_and_override(monkeypatch):
+    monkeypatch.setenv(backend.DISABLE_ENV, "exp, tile")
+    assert not backend.enabled("exp") and not backend.enabled("tile") and backend.enabled("conv")
+    backend.set_enabled("exp", True)
+    try:
+        assert backend.enabled("exp")
+    finally:
+        backend.set_enabled("exp", None)
+    assert not backend.enabled("exp")
+    monkeypatch.setenv(backend.DISABLE_ENV, "all")
+    assert not any(backend.enabled(name) for name in backend.FAST_PATHS)
+    with pytest.raises(KeyError, match="unknown fast path"):
+        backend.enabled("warp")
+
+
+@pytest.mark.parametrize("exp_path", [True, False], indirect=True)
+def test_functions_match_float64(exp_path):
+    rng = np.random.default_rng(0)
+    # large enough that the NumPy path splits over threads; includes overflow/underflow territory
+    x = np.concatenate([rng.normal(0, 4, fastmath.MIN_BLOCK * 3), [-200.0, -90.0, 0.0, 90.0, 200.0]]).astype(np.float32)
+    x64 = x.astype(np.float64)
+    with np.errstate(over="ignore"):
+        want_exp = np.exp(x64)
+    got = np.array(fastmath.exp(mx.array(x)))
+    finite = np.isfinite(want_exp.astype(np.float32))
+    rel = np.abs(got[finite] - want_exp[finite]) / np.maximum(want_exp[finite], 1e-30)
+    assert rel[want_exp[finite] > 1e-30].max() < 5e-6
+    assert np.isinf(got[~finite]).all()
+    sig = np.array(fastmath.sigmoid(mx.array(x)))
+    assert np.abs(sig - 1 / (1 + np.exp(-np.clip(x64, -500, 500)))).max() < 2e-7
+    th = np.array(fastmath.tanh(mx.array(x)))
+    assert np.abs(th - np.tanh(x64)).max() < 3e-7
+    assert np.isfinite(sig).all() and np.isfinite(th).all()
+
+
+@pytest.mark.parametrize("exp_path", [True, False], indirect=True)
+def test_softmax_and_attention_match_float64(exp_path):
+    rng = np.random.default_rng(1)
+    q, k, v = (rng.normal(size=(1, 3, 700, 16)).astype(np.float32) for _ in range(3))
+    scale = 0.7
+    s = np.einsum("bhtd,bhsd->bhts", q.astype(np.float64), k.astype(np.float64)) * scale
+    w = np.exp(s - s.max(-1, keepdims=True))
+    w /= w.sum(-1, keepdims=True)
+    sm = np.array(fastmath.softmax(mx.array(s.astype(np.float32))))
+    assert (np.abs(sm - w) / np.maximum(w, 1e-6)).max() < 5e-6  # float32 rounding of the scores themselves
+    att = np.array(fastmath.attention(mx.array(q), mx.array(k), mx.array(v), scale))
+    assert np.abs(att - w @ v.astype(np.float64)).max() < 2e-5
+
+
+def test_exp_shifted_leaves_its_input_alone():
+    backend.set_enabled("exp", True)
+    try:
+        s = mx.array(np.random.default_rng(2).normal(size=(4, 300_000)).astype(np.float32))
+        before = np.array(s)
+        e = fastmath.exp_shifted(s)
+        assert np.array_equal(np.array(s), before)
+        want = np.exp(before.astype(np.float64) - before.max(-1, keepdims=True))
+        assert np.abs(np.array(e) - want).max() < 1e-6
+    finally:
+        backend.set_enabled("exp", None)
