@@ -75,3 +75,33 @@ def test_exp_shifted_leaves_its_input_alone():
         assert np.abs(np.array(e) - want).max() < 1e-6
     finally:
         backend.set_enabled("exp", None)
+
+
+def test_gru_switch_matches_torch_both_ways():
+    import torch
+
+    from rvc_mlx.nn.gru import BiGRU, fold_gru_biases
+
+    torch.manual_seed(3)
+    d, h, t = 20, 12, 29
+    ref = torch.nn.GRU(d, h, batch_first=True, bidirectional=True)
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.copy_(torch.randn(p.shape) * 0.5)
+        x = torch.randn(2, t, d)
+        want = ref(x)[0].numpy()
+    sd = {k: v.numpy() for k, v in ref.state_dict().items()}
+    gru = BiGRU(d, h)
+    for suffix, direction in (("_l0", gru.l0), ("_l0_reverse", gru.l0_reverse)):
+        direction.Wx, direction.Wh = mx.array(sd["weight_ih" + suffix]), mx.array(sd["weight_hh" + suffix])
+        b, bhn = fold_gru_biases(sd["bias_ih" + suffix], sd["bias_hh" + suffix])
+        direction.b, direction.bhn = mx.array(b), mx.array(bhn)
+    outs = {}
+    for on in (True, False):
+        backend.set_enabled("gru", on)
+        try:
+            outs[on] = np.array(gru(mx.array(x.numpy())))
+        finally:
+            backend.set_enabled("gru", None)
+        assert np.abs(outs[on] - want).max() < 1e-5
+    assert np.abs(outs[True] - outs[False]).max() < 1e-5

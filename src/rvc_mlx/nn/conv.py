@@ -10,7 +10,8 @@ MLX's Linux CPU backend runs conv1d with dilation > 1 and conv_transpose1d with 
   rearranged once into ``stride`` phase kernels stacked on the output axis; the phase outputs are interleaved.
 
 On Metal, MLX's own kernels are the better choice. ``set_conv_mode("auto" | "cpu" | "native")`` picks the path;
-``auto`` (default) uses the CPU formulations when the default device is the CPU.
+``auto`` (default) uses the CPU formulations when the default device is the CPU and fast path ``conv`` is on
+(``RVC_MLX_DISABLE=conv`` turns it off).
 
 Weights stay in the converted MLX layout ``(C_out, K, C_in)``; derived arrangements are cached on the module and
 rebuilt whenever the weight array is replaced (e.g. by ``load_weights``).
@@ -22,6 +23,8 @@ import math
 
 import mlx.core as mx
 import mlx.nn as nn
+
+from ..backend import enabled, on_cpu
 
 CONV_MODES = ("auto", "cpu", "native")
 _state = {"mode": "auto"}
@@ -42,7 +45,7 @@ def use_cpu_formulations() -> bool:
     """True when the CPU rewrites should be used (mode ``cpu``, or ``auto`` on a CPU default device)."""
     mode = _state["mode"]
     if mode == "auto":
-        return mx.default_device() == mx.cpu
+        return enabled("conv") and on_cpu()
     return mode == "cpu"
 
 

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import mlx.core as mx
 
+from ..backend import enabled, on_cpu
+
 IMPLS = ("auto", "gemm", "native")
 IM2COL_BLOCK_BYTES = 64 << 20  # im2col is built in row blocks of at most this size
 
@@ -28,7 +30,7 @@ def use_gemm(impl: str = "auto") -> bool:
     if impl not in IMPLS:
         raise ValueError(f"conv impl must be one of {IMPLS}, got {impl!r}")
     if impl == "auto":
-        return mx.default_device() == mx.cpu
+        return enabled("conv") and on_cpu()
     return impl == "gemm"
 
 

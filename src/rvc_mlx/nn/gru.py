@@ -22,6 +22,8 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
+from ..backend import enabled
+
 
 def fold_gru_biases(b_ih: np.ndarray, b_hh: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """PyTorch ``(bias_ih, bias_hh)`` (3H each, gates r, z, n) -> MLX ``(b, bhn)``: ``b = b_ih + [b_hr, b_hz, 0]``,
@@ -61,6 +63,8 @@ class BiGRU(nn.Module):
         bsz, t, _ = x.shape
         h_dim = self.hidden_size
         fwd, bwd = self.l0, self.l0_reverse
+        if t and not enabled("gru"):
+            return mx.concatenate([_unbatched(x, fwd), _unbatched(x[:, ::-1], bwd)[:, ::-1]], axis=-1)
         # (2, T, B, 3H): input projections of both directions (biases included) for all steps in one gemm each,
         # the backward direction already reversed in time so step s reads gx[:, s] for both
         flat = x.reshape(-1, x.shape[-1])
@@ -89,6 +93,17 @@ def _gates(g: mx.array, gh: mx.array, h: mx.array, bhn: mx.array) -> mx.array:
 
 
 _gates_compiled = mx.compile(_gates)
+
+
+def _unbatched(x: mx.array, d: GRUDirection) -> mx.array:
+    """One direction step by step, projecting each input inside the loop (the plain formulation, fast path
+    ``gru`` off). (B, T, D) -> (B, T, H)."""
+    h = mx.zeros((x.shape[0], d.Wh.shape[1]), dtype=x.dtype)
+    outs = []
+    for step in range(x.shape[1]):
+        h = _gates(mx.addmm(d.b, x[:, step], d.Wx.T), h @ d.Wh.T, h, d.bhn)
+        outs.append(h)
+    return mx.stack(outs, axis=1)
 
 
 def _step(g: mx.array, h: mx.array, wh: mx.array, bhn: mx.array) -> mx.array:
