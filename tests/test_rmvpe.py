@@ -364,3 +364,60 @@ def mx_gru_forward(sd, x, h):
     g.load_weights([("Wx", mx.array(sd["weight_ih_l0"])), ("Wh", mx.array(sd["weight_hh_l0"])),
                     ("b", mx.array(b)), ("bhn", mx.array(bhn))])
     return np.array(g(mx.array(x)))
+
+
+# ------------------------------------------------------------------------------------------------ chunked long input
+
+CHUNK_TEST_FRAMES = 512  # small chunks, so a short (cheap) input spans several; the context is the production one
+CHUNK_SALIENCE_TOL = 1e-4  # = SALIENCE_TOL: chunking adds no more than the float32 parity tolerance
+CHUNK_CENTS_TOL = 0.01
+
+
+def test_chunk_windows_cover_the_input_on_the_pooling_grid():
+    from rvc_mlx.models.rmvpe import CHUNK_FRAMES, CONTEXT_FRAMES, FRAME_MULTIPLE, chunk_windows
+
+    assert chunk_windows(CHUNK_FRAMES) == [(0, CHUNK_FRAMES, 0, CHUNK_FRAMES)]  # up to a chunk: the whole
+    for n in (CHUNK_FRAMES + 1, 3 * CHUNK_FRAMES + 77, 60001):
+        windows = chunk_windows(n)
+        assert [w[2] for w in windows] == list(range(0, n, CHUNK_FRAMES))
+        assert [w[3] for w in windows[:-1]] == [w[2] for w in windows[1:]] and windows[-1][3] == n
+        for w_start, w_stop, start, stop in windows:
+            assert w_start % FRAME_MULTIPLE == 0 and w_start <= start < stop <= w_stop <= n
+            assert start - w_start == min(start, CONTEXT_FRAMES)
+            assert w_stop - stop == min(n - stop, CONTEXT_FRAMES)
+            assert w_stop - w_start <= CHUNK_FRAMES + 2 * CONTEXT_FRAMES
+    with pytest.raises(ValueError):
+        chunk_windows(100, chunk=100)
+
+
+def test_chunked_long_input_matches_whole(ours):
+    """12 s (1201 frames) in 512-frame chunks with the production context, vs the same input in one piece:
+    two of the three kept ranges border an inner window edge (the third window is the whole input)."""
+    from rvc_mlx.models.rmvpe import CONTEXT_FRAMES, chunk_windows
+
+    audio = speech_like(12.0, 13)
+    windows = chunk_windows(1201, CHUNK_TEST_FRAMES, CONTEXT_FRAMES)
+    assert len(windows) == 3 and sum(0 < w[0] or w[1] < 1201 for w in windows) == 2
+    whole = ours.salience(audio, chunk=1 << 20)
+    chunked = ours.salience(audio, chunk=CHUNK_TEST_FRAMES, context=CONTEXT_FRAMES)
+    assert chunked.shape == whole.shape == (1201, 360)
+    sal_diff = float(np.abs(chunked - whole).max())
+    f0_whole, f0_chunked = decode(whole, THRESHOLD), decode(chunked, THRESHOLD)
+    voicing = float(np.mean((f0_whole > 0) == (f0_chunked > 0)))
+    both = (f0_whole > 0) & (f0_chunked > 0)
+    cents = cents_between(f0_chunked[both], f0_whole[both])
+    print(f"chunked vs whole: salience max|diff| {sal_diff:.2e}, voicing agreement {voicing:.5f}, "
+          f"max cents {cents.max():.2e}, voiced {np.mean(f0_whole > 0):.2f}")
+    assert sal_diff <= CHUNK_SALIENCE_TOL
+    assert voicing == 1.0
+    assert cents.max() <= CHUNK_CENTS_TOL
+    assert 0.2 < np.mean(f0_whole > 0) < 0.9  # voiced and unvoiced frames
+    # a too-short context visibly changes the result (the check can fail)
+    short = ours.salience(audio, chunk=CHUNK_TEST_FRAMES, context=64)
+    assert np.abs(short - whole).max() > 10 * CHUNK_SALIENCE_TOL
+
+
+def test_f0_decodes_chunk_by_chunk_like_the_whole_salience(ours):
+    audio = speech_like(1.5, 2)
+    chunked = ours.salience(audio, chunk=64, context=32)
+    np.testing.assert_array_equal(ours.f0(audio, chunk=64, context=32), decode(chunked, THRESHOLD).astype(np.float32))

@@ -35,6 +35,7 @@ OUTPUT_PEAK = 0.99  # output louder than this is scaled down last
 HIGH_PASS_ORDER = 5
 HIGH_PASS_HZ = 48
 PROTECT_OFF = 0.5  # protect >= 0.5 disables the protection of unvoiced frames
+BLOCK = 1 << 20  # samples per block of the length-proportional steps (high-pass, rms mix): bounds their temporaries
 
 # Stages recorded by ``VoiceConverter.convert(..., trace=dict)``: name -> (axes, meaning)
 STAGES = {
@@ -100,28 +101,74 @@ def normalise_input(audio: np.ndarray) -> np.ndarray:
 
 
 def high_pass(audio: np.ndarray) -> np.ndarray:
-    """Zero-phase Butterworth high-pass (order 5, 48 Hz) at 16 kHz; float64 like the reference."""
+    """Zero-phase Butterworth high-pass (order 5, 48 Hz) at 16 kHz; float64 like the reference.
+
+    Bit-identical to ``scipy.signal.filtfilt(b, a, audio)`` (odd extension of 3·6 samples, steady-state initial
+    conditions), computed in blocks of ``BLOCK`` samples with the filter state carried across blocks, so the only
+    full-length array is the float64 result (filtfilt itself holds several)."""
     from scipy import signal
 
     b, a = signal.butter(N=HIGH_PASS_ORDER, Wn=HIGH_PASS_HZ, btype="high", fs=SAMPLE_RATE)
-    return signal.filtfilt(b, a, audio)
+    x = np.asarray(audio)
+    edge = 3 * max(len(a), len(b))
+    if x.ndim != 1 or x.shape[0] <= edge:
+        return signal.filtfilt(b, a, x)
+    # odd extension at both ends (computed in the input's dtype, as filtfilt's odd_ext)
+    left = 2 * x[:1] - x[edge:0:-1]
+    right = 2 * x[-1:] - x[-2 : -(edge + 2) : -1]
+    n = x.shape[0] + 2 * edge
+    y = np.empty(n, dtype=np.result_type(b, a, x))
+    zi = signal.lfilter_zi(b, a)
+    state = zi * left[0]
+    pos = 0
+    for part in (left, *(x[i : i + BLOCK] for i in range(0, x.shape[0], BLOCK)), right):  # forward pass
+        y[pos : pos + part.shape[0]], state = signal.lfilter(b, a, part, zi=state)
+        pos += part.shape[0]
+    state = zi * y[-1]
+    for stop in range(n, 0, -BLOCK):  # backward pass, in place from the end
+        start = max(0, stop - BLOCK)
+        out, state = signal.lfilter(b, a, y[start:stop][::-1], zi=state)
+        y[start:stop] = out[::-1]
+    return y[edge:-edge]
+
+
+def reflect_pad32(audio: np.ndarray, pad: int) -> np.ndarray:
+    """``np.pad(audio, (pad, pad), mode="reflect").astype(np.float32)`` without a full-length temporary."""
+    n = audio.shape[0]
+    if n <= pad:
+        return np.pad(audio, (pad, pad), mode="reflect").astype(np.float32)
+    out = np.empty(n + 2 * pad, dtype=np.float32)
+    out[pad : pad + n] = audio
+    out[:pad] = audio[pad:0:-1]
+    out[pad + n :] = audio[-2 : -(pad + 2) : -1]
+    return out
 
 
 def cut_points(audio: np.ndarray) -> list[int]:
     """Sample positions (in unpadded ``audio``) where long audio is cut: every ``X_CENTER`` s, moved to the
-    quietest point (smallest moving |x| sum over one window) within ±``X_QUERY`` s. Empty for short audio."""
-    pad = np.pad(audio, (WINDOW // 2, WINDOW // 2), mode="reflect")
-    if pad.shape[0] <= SAMPLE_RATE * X_MAX:
+    quietest point (smallest moving |x| sum over one window) within ±``X_QUERY`` s. Empty for short audio.
+
+    Only the ±``X_QUERY`` s around each nominal cut are summed (the reference sums the whole signal), in the
+    same order, so the sums, and the ties, are the same."""
+    n = audio.shape[0]
+    half = WINDOW // 2
+    if n + 2 * half <= SAMPLE_RATE * X_MAX:
         return []
-    # audio_sum[j] = sum |pad[j : j + WINDOW]| (the reference sums WINDOW shifted slices)
-    audio_sum = np.zeros_like(audio)
-    for i in range(WINDOW):  # same summation order as the reference, so ties break identically
-        audio_sum += np.abs(pad[i : i - WINDOW])
     query, center = SAMPLE_RATE * X_QUERY, SAMPLE_RATE * X_CENTER
     points = []
-    for t in range(center, audio.shape[0], center):
-        seg = audio_sum[t - query : t + query]
-        points.append(t - query + int(np.argmin(seg)))
+    for t in range(center, n, center):
+        # the reference's audio_sum[j] = sum_i |pad[j + i]| (i < WINDOW, pad = audio reflect-padded by half),
+        # needed for j in lo..hi: pad[lo : hi + WINDOW - 1] = audio[lo - half : hi + half - 1], reflected past the end
+        lo, hi = t - query, min(t + query, n)
+        need = hi + WINDOW - half - 1
+        if need <= n:
+            pad = audio[lo - half : need]
+        else:
+            pad = np.pad(audio[lo - half :], (0, half), mode="reflect")[: need - (lo - half)]
+        seg = np.zeros(hi - lo, dtype=audio.dtype)
+        for i in range(WINDOW):  # same summation order as the reference, so ties break identically
+            seg += np.abs(pad[i : i + hi - lo])
+        points.append(lo + int(np.argmin(seg)))
     return points
 
 
@@ -139,36 +186,65 @@ def protect_unvoiced(feats: np.ndarray, feats0: np.ndarray, f0: np.ndarray, prot
 
 
 def rms_envelope(audio: np.ndarray, sr: int) -> np.ndarray:
-    """RMS over frames of ~1 s (``sr//2*2`` samples) every 0.5 s, centred with zero padding."""
-    frame, hop = sr // 2 * 2, sr // 2
-    padded = np.pad(audio.astype(np.float64), (frame // 2, frame // 2))
-    n = 1 + (padded.shape[0] - frame) // hop
-    csum = np.concatenate([[0.0], np.cumsum(padded**2)])
-    starts = np.arange(n) * hop
-    return np.sqrt((csum[starts + frame] - csum[starts]) / frame)
+    """RMS over frames of ~1 s (``sr//2*2`` samples) every 0.5 s, centred with zero padding: (1 + N // hop,)
+    float64. Frame j covers ``audio[(j - 1)·hop : (j + 1)·hop]``, i.e. two hop-long blocks, so the frame energies
+    are sums of two block energies (accumulated in float64, ``BLOCK`` samples at a time)."""
+    hop = sr // 2
+    frame = 2 * hop
+    n = audio.shape[0]
+    energy = np.zeros(n // hop + 2)  # energy[k + 1] = sum of squares of block k; energy[0] = 0 (the padding)
+    step = max(1, BLOCK // hop) * hop
+    for i in range(0, n, step):
+        chunk = audio[i : i + step].astype(np.float64)
+        k0, full = i // hop, chunk.shape[0] // hop
+        blocks = chunk[: full * hop].reshape(full, hop)
+        energy[1 + k0 : 1 + k0 + full] = np.einsum("ij,ij->i", blocks, blocks)
+        if chunk.shape[0] > full * hop:  # the last, partial block
+            tail = chunk[full * hop :]
+            energy[1 + k0 + full] = np.dot(tail, tail)
+    return np.sqrt((energy[:-1] + energy[1:]) / frame)
 
 
-def interpolate_linear(x: np.ndarray, size: int) -> np.ndarray:
-    """1-D linear resize with half-pixel centres (torch ``interpolate(mode="linear", align_corners=False)``)."""
+def interpolate_linear(x: np.ndarray, size: int, start: int = 0, stop: int | None = None) -> np.ndarray:
+    """1-D linear resize with half-pixel centres (torch ``interpolate(mode="linear", align_corners=False)``);
+    ``start``, ``stop``: compute only output samples ``start..stop`` of the ``size``."""
     n = x.shape[0]
-    src = np.maximum((np.arange(size) + 0.5) * (n / size) - 0.5, 0.0)
+    stop = size if stop is None else stop
+    src = np.maximum((np.arange(start, stop) + 0.5) * (n / size) - 0.5, 0.0)
     i0 = np.minimum(np.floor(src).astype(np.int64), n - 1)
     i1 = np.minimum(i0 + 1, n - 1)
     lam = src - i0
     return x[i0] * (1 - lam) + x[i1] * lam
 
 
+def rms_mix_envelope(rms_in: np.ndarray, out: np.ndarray, out_sr: int, rate: float) -> np.ndarray:
+    """``rms_mix`` with the input's envelope ``rms_in = rms_envelope(source16k, 16000)`` given; scales float32
+    ``out`` IN PLACE (``BLOCK`` samples at a time) and returns it."""
+    rms_out = rms_envelope(out, out_sr)
+    size = out.shape[0]
+    for i in range(0, size, BLOCK):
+        stop = min(size, i + BLOCK)
+        env_in = interpolate_linear(rms_in, size, i, stop)
+        env_out = np.maximum(interpolate_linear(rms_out, size, i, stop), 1e-6)
+        out[i:stop] = out[i:stop] * (np.power(env_in, 1 - rate) * np.power(env_out, rate - 1))
+    return out
+
+
 def rms_mix(source16k: np.ndarray, out: np.ndarray, out_sr: int, rate: float) -> np.ndarray:
-    """Give ``out`` the loudness envelope of the input: ``out · rms_in^(1−rate) · rms_out^(rate−1)``."""
-    rms_in = interpolate_linear(rms_envelope(source16k, SAMPLE_RATE), out.shape[0])
-    rms_out = np.maximum(interpolate_linear(rms_envelope(out, out_sr), out.shape[0]), 1e-6)
-    return (out * (np.power(rms_in, 1 - rate) * np.power(rms_out, rate - 1))).astype(np.float32)
+    """Give ``out`` the loudness envelope of the input: ``out · rms_in^(1−rate) · rms_out^(rate−1)`` (a new
+    float32 array; ``VoiceConverter.convert`` uses ``rms_mix_envelope`` in place)."""
+    return rms_mix_envelope(rms_envelope(source16k, SAMPLE_RATE), np.array(out, dtype=np.float32), out_sr, rate)
 
 
 def peak_normalise(audio: np.ndarray) -> np.ndarray:
-    """Scale down so the peak is ``OUTPUT_PEAK`` when it is louder."""
-    peak = np.abs(audio).max() / OUTPUT_PEAK if audio.size else 0.0
-    return (audio / peak if peak > 1 else audio).astype(np.float32)
+    """Scale down so the peak is ``OUTPUT_PEAK`` when it is louder (float32; in place when ``audio`` is float32)."""
+    audio = np.asarray(audio, dtype=np.float32)
+    if not audio.size:
+        return audio
+    peak = max(audio.max(), -audio.min()) / OUTPUT_PEAK  # float32, as np.abs(audio).max() / OUTPUT_PEAK
+    if peak > 1:
+        np.divide(audio, peak, out=audio)
+    return audio
 
 
 @contextmanager
@@ -311,31 +387,40 @@ class VoiceConverter:
             raise InputError(f"speaker id {options.sid} is out of range: this model has {cfg.n_speakers} speaker(s)")
         record = trace.__setitem__ if trace is not None else (lambda name, value: None)
         audio16k = audio_io.resample(audio_io.check(audio, sr), sr, SAMPLE_RATE)
-        audio16k = high_pass(normalise_input(audio16k.astype(np.float32)))
-        record("input16k", audio16k.astype(np.float32))
-        t_pad = SAMPLE_RATE * X_PAD
-        padded = np.pad(audio16k, (t_pad, t_pad), mode="reflect")
+        audio16k = high_pass(normalise_input(audio16k.astype(np.float32)))  # float64, as the reference
+        if trace is not None:
+            record("input16k", audio16k.astype(np.float32))
+        # what later steps need of the float64 audio, so that only one float32 copy stays alive (memory):
+        # the cut points, the input's loudness envelope, and the reflect-padded float32 audio (F0 and pieces)
+        pieces_plan = plan_pieces(audio16k)
+        rms_in = rms_envelope(audio16k, SAMPLE_RATE) if options.rms_mix_rate != 1 else None
+        padded = reflect_pad32(audio16k, SAMPLE_RATE * X_PAD)
+        del audio16k
         pitch = f0 = None
         if cfg.use_f0:
             with timed(timings, "f0"):
-                pitch, f0 = self.f0(padded.astype(np.float32), options)
+                pitch, f0 = self.f0(padded, options)
             record("f0", f0)
             record("pitch", pitch)
         trim = cfg.sample_rate * X_PAD
         pieces = []
-        for i, (start, end, f_start, f_end) in enumerate(plan_pieces(audio16k)):
-            piece = padded[start:end].astype(np.float32)
+        for i, (start, end, f_start, f_end) in enumerate(pieces_plan):
             p = f = None
             if cfg.use_f0:
                 p, f = pitch[f_start:f_end], f0[f_start:f_end]
             piece_trace = {} if trace is not None else None
-            pieces.append(self.convert_piece(piece, p, f, options, piece_trace, timings)[trim:-trim])
+            piece = self.convert_piece(padded[start:end], p, f, options, piece_trace, timings)
+            pieces.append(piece[trim:-trim].copy())  # a copy: the untrimmed piece is freed now
+            del piece
             for name, value in (piece_trace or {}).items():
                 record(name if i == 0 else f"{name}.{i}", value)
+        del padded
         with timed(timings, "post"):
-            out = np.concatenate(pieces)
-            if options.rms_mix_rate != 1:
-                out = rms_mix(audio16k, out, cfg.sample_rate, options.rms_mix_rate)
+            out = np.concatenate(pieces) if len(pieces) > 1 else pieces[0]
+            pieces.clear()
+            if rms_in is not None:
+                out = rms_mix_envelope(rms_in, out.astype(np.float32, copy=False), cfg.sample_rate,
+                                       options.rms_mix_rate)
             out_sr = cfg.sample_rate
             if options.resample_sr >= SAMPLE_RATE and options.resample_sr != cfg.sample_rate:
                 out, out_sr = audio_io.resample(out, cfg.sample_rate, options.resample_sr), options.resample_sr

@@ -35,6 +35,10 @@ CENTS_PER_BIN = 20.0
 CENTS_OFFSET = 1997.3794084376191  # cents of bin 0 (relative to 10 Hz)
 F0_REF_HZ = 10.0  # cents are relative to 10 Hz; f0 == 10 Hz means "no pitch"
 LOCAL_AVERAGE_RADIUS = 4  # salience-weighted mean over argmax ± 4 bins
+# Long input runs in windows so memory does not grow with its length (``chunk_windows``; measured in
+# tests/test_memory.py and benchmarks/memory.py): CHUNK_FRAMES kept frames per window, CONTEXT_FRAMES either side.
+CHUNK_FRAMES = 4096
+CONTEXT_FRAMES = 512
 
 
 @dataclass
@@ -112,17 +116,27 @@ class MelSpectrogram:
     def n_frames(self, n_samples: int) -> int:
         return n_samples // self.hop + 1
 
-    def __call__(self, audio: np.ndarray) -> mx.array:
-        """audio (N,) float32 with N > n_fft / 2 -> log-mel (T, n_mels), T = N // hop + 1."""
+    def pad(self, audio: np.ndarray) -> np.ndarray:
+        """audio (N,) float32 with N > n_fft / 2 -> reflect-padded (N + n_fft,) float32 (the STFT's centring)."""
         audio = np.asarray(audio, dtype=np.float32)
         pad = self.n_fft // 2
         if audio.ndim != 1 or audio.shape[0] <= pad:
             raise AudioError(f"rmvpe needs mono audio longer than {pad} samples at 16 kHz, got shape {audio.shape}")
-        padded = mx.array(np.pad(audio, (pad, pad), mode="reflect"))
-        t = self.n_frames(audio.shape[0])
-        frames = mx.as_strided(padded, (t, self.n_fft), (self.hop, 1)) * self.window
-        magnitude = mx.abs(mx.fft.rfft(frames, axis=-1))  # (T, n_bins)
+        return np.pad(audio, (pad, pad), mode="reflect")
+
+    def frames(self, padded: np.ndarray, start: int, stop: int) -> mx.array:
+        """Log-mel frames ``start..stop`` (stop - start, n_mels) of ``padded = self.pad(audio)``; frame j reads
+        ``padded[j * hop : j * hop + n_fft]``, so any frame range gives the same values as the whole."""
+        t = stop - start
+        segment = mx.array(padded[start * self.hop : (stop - 1) * self.hop + self.n_fft])
+        frames = mx.as_strided(segment, (t, self.n_fft), (self.hop, 1)) * self.window
+        magnitude = mx.abs(mx.fft.rfft(frames, axis=-1))  # (t, n_bins)
         return mx.log(mx.maximum(magnitude @ self.mel_basis, LOG_CLAMP))
+
+    def __call__(self, audio: np.ndarray) -> mx.array:
+        """audio (N,) float32 with N > n_fft / 2 -> log-mel (T, n_mels), T = N // hop + 1."""
+        padded = self.pad(audio)
+        return self.frames(padded, 0, self.n_frames(padded.shape[0] - self.n_fft))
 
 
 # ---------------------------------------------------------------------------------------------- layers
@@ -448,12 +462,49 @@ class Rmvpe:
         x = _pad_frames(mel, n_pad, self.config.pad_mode)
         return self.model(x[None])[0, :t]
 
-    def salience(self, audio16k: np.ndarray) -> np.ndarray:
-        """16 kHz mono audio (N,) -> salience (T, 360) float32, T = N // 160 + 1."""
-        out = self.salience_from_mel(self.log_mel(audio16k))
-        return np.array(out)
+    def salience_chunks(self, audio16k: np.ndarray, chunk: int = CHUNK_FRAMES, context: int = CONTEXT_FRAMES):
+        """Yield ``(start, salience (n, 360) float32)`` for consecutive frame ranges covering the whole input.
 
-    def f0(self, audio16k: np.ndarray, threshold: float | None = None) -> np.ndarray:
-        """16 kHz mono audio (N,) -> f0 (T,) float32 Hz at 100 fps, 0 for unvoiced frames."""
+        Audio of at most ``chunk`` frames is one piece, computed exactly as the whole. Longer audio is processed
+        in windows (``chunk_windows``): each window's log-mel runs through the network on its own (so memory is
+        bounded by the window, not the input), and only its central ``chunk`` frames are kept.
+        """
+        padded = self.mel.pad(audio16k)
+        n_frames = self.mel.n_frames(padded.shape[0] - self.mel.n_fft)
+        for w_start, w_stop, start, stop in chunk_windows(n_frames, chunk, context):
+            mel = self.mel.frames(padded, w_start, w_stop)
+            out = self.salience_from_mel(mel)[start - w_start : stop - w_start]
+            mx.eval(out)
+            yield start, np.array(out)
+            del mel, out
+
+    def salience(self, audio16k: np.ndarray, chunk: int = CHUNK_FRAMES, context: int = CONTEXT_FRAMES) -> np.ndarray:
+        """16 kHz mono audio (N,) -> salience (T, 360) float32, T = N // 160 + 1 (long input in chunks)."""
+        return np.concatenate([s for _, s in self.salience_chunks(audio16k, chunk, context)])
+
+    def f0(self, audio16k: np.ndarray, threshold: float | None = None, chunk: int = CHUNK_FRAMES,
+           context: int = CONTEXT_FRAMES) -> np.ndarray:
+        """16 kHz mono audio (N,) -> f0 (T,) float32 Hz at 100 fps, 0 for unvoiced frames (decoded per chunk:
+        the decode is frame by frame, so only one chunk's salience is held at a time)."""
         thr = self.config.threshold if threshold is None else threshold
-        return decode(self.salience(audio16k), thr).astype(np.float32)
+        parts = [decode(s, thr).astype(np.float32) for _, s in self.salience_chunks(audio16k, chunk, context)]
+        return np.concatenate(parts)
+
+
+def chunk_windows(n_frames: int, chunk: int = CHUNK_FRAMES, context: int = CONTEXT_FRAMES):
+    """``[(window_start, window_stop, keep_start, keep_stop)]`` in frames for ``n_frames`` frames.
+
+    ``n_frames <= chunk``: one window, the whole input. Otherwise the kept ranges are consecutive ``chunk``-frame
+    pieces (the last one shorter), each computed in a window reaching ``context`` frames further on both sides
+    (clipped to the input). ``chunk`` and ``context`` are multiples of ``FRAME_MULTIPLE``, so every window starts
+    on the U-Net's pooling grid of the whole input, and the last window ends with the same frame padding as the
+    whole input would: the only differences from the unchunked result come from the limited context (the conv
+    stack's zero padding at inner window edges and the GRU starting from a zero state), which decay with
+    ``context``.
+    """
+    if chunk % FRAME_MULTIPLE or context % FRAME_MULTIPLE or chunk <= 0 or context < 0:
+        raise ValueError(f"chunk ({chunk}) and context ({context}) must be multiples of {FRAME_MULTIPLE}, chunk > 0")
+    if n_frames <= chunk:
+        return [(0, n_frames, 0, n_frames)]
+    return [(max(0, s - context), min(n_frames, s + chunk + context), s, min(n_frames, s + chunk))
+            for s in range(0, n_frames, chunk)]

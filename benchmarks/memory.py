@@ -1,0 +1,205 @@
+"""Peak memory of a full conversion vs input length: does a 10-minute input stay within 1.25x a 1-minute one?
+
+Each conversion (rmvpe F0, an index, the random-weight v2 40 kHz bench voice of ``benchmarks/e2e.py``) runs in its
+own process; the process reports its peak RSS (``getrusage``), MLX's peak memory, and the RSS timeline sampled every
+``SAMPLE_S`` seconds (the peak's time and stage breakdown help to find what grows with length). Writes
+``memory.json`` and ``memory.md`` to ``--out``.
+
+    python -m benchmarks.memory --seconds 60 600        # from the repository root
+
+Needs the test extra (torch, transformers, rvc==0.3.5) only to build the bench models once (cached).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+VOICE = "v2-40k-f0"
+SR16 = 16000
+SAMPLE_S = 0.05  # RSS sampling period of the worker's timeline
+TARGET_RATIO = 1.25  # issue 7: a 10-minute input's peak RSS within 1.25x a 1-minute input's
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * PAGE / 2**20
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def prepare(cache: Path, seconds: list[float]) -> dict:
+    """Build/convert the bench models (once) and write one speech-like clip per length; returns paths."""
+    import soundfile as sf
+
+    from tests.reference import hubert_models, rvc_models  # noqa: F401  (torch first, via tests.reference)
+    from tests.reference.rvc_pipeline import ReferenceModels
+
+    models = ReferenceModels(cache)
+    voice_path, _, _ = models.voice(VOICE)
+    clips = {}
+    for s in seconds:
+        clip = cache / f"bench-{s:g}s.wav"
+        if not clip.exists():
+            sf.write(clip, hubert_models.speech_like(int(SR16 * s), seed=11), SR16, subtype="FLOAT")
+        clips[f"{s:g}"] = str(clip)
+    return {"cache": str(cache), "clips": clips, "voice": str(voice_path), "hubert": str(models.hubert_path),
+            "rmvpe": str(models.rmvpe_path), "index": str(models.index(768))}
+
+
+class Sampler(threading.Thread):
+    """Samples this process's RSS every ``SAMPLE_S`` s, labelled with the stage set by ``stage``."""
+
+    def __init__(self):
+        super().__init__(daemon=True)
+        self.stage = "start"
+        self.samples: list[tuple[float, float, str]] = []
+        self._stop = threading.Event()
+        self._t0 = time.perf_counter()
+
+    def run(self):
+        while not self._stop.wait(SAMPLE_S):
+            self.samples.append((time.perf_counter() - self._t0, _rss_mb(), self.stage))
+
+    def stop(self):
+        self._stop.set()
+        self.join()
+
+    def peak_by_stage(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for _, rss, stage in self.samples:
+            out[stage] = max(out.get(stage, 0.0), rss)
+        return out
+
+
+def worker(paths: dict, seconds: str) -> dict:
+    """One full conversion; peak RSS and per-stage sampled RSS maxima (MB)."""
+    sampler = Sampler()
+    sampler.start()
+    import mlx.core as mx
+
+    import rvc_mlx  # noqa: F401  (BLAS preload before mlx is used)
+    from rvc_mlx import audio as audio_io
+    from rvc_mlx import pipeline
+
+    sampler.stage = "load"
+    vc = pipeline.VoiceConverter.load(paths["voice"], hubert=paths["hubert"], rmvpe=paths["rmvpe"],
+                                      index=paths["index"])
+    audio, sr = audio_io.read(paths["clips"][seconds])
+    rss_loaded = _rss_mb()
+
+    # label the sampled RSS by pipeline stage (wrapping the stage functions; the computation is unchanged)
+    def label(name, fn):
+        def wrapped(*args, **kwargs):
+            previous, sampler.stage = sampler.stage, name
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                sampler.stage = previous
+        return wrapped
+
+    vc.f0 = label("f0", vc.f0)
+    vc.content_features = label("hubert", vc.content_features)
+    pipeline.high_pass = label("high_pass", pipeline.high_pass)
+    pipeline.rms_mix = label("rms_mix", pipeline.rms_mix)
+    pipeline.plan_pieces = label("cut_points", pipeline.plan_pieces)
+    synth = vc.synthesizer
+    synth.stages = label("synthesis", synth.stages)
+    sampler.stage = "convert"
+    t0 = time.perf_counter()
+    out, out_sr = vc.convert(audio, sr, pipeline.ConversionOptions(f0_method="rmvpe", seed=0))
+    t_convert = time.perf_counter() - t0
+    sampler.stop()
+    return {"audio_s": len(audio) / sr, "output_samples": int(out.shape[0]), "output_sr": int(out_sr),
+            "convert_s": t_convert, "rss_after_load_mb": rss_loaded, "peak_rss_mb": _peak_rss_mb(),
+            "mlx_peak_mb": mx.get_peak_memory() / 2**20, "peak_rss_by_stage_mb": sampler.peak_by_stage()}
+
+
+def _run_worker(paths: dict, seconds: str) -> dict:
+    cmd = [sys.executable, "-m", "benchmarks.memory", "--worker", seconds, "--paths", json.dumps(paths)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    if proc.returncode != 0:
+        raise SystemExit(f"worker {seconds}s failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.machine()}, Python {platform.python_version()}"
+
+
+def markdown(result: dict) -> str:
+    runs = result["runs"]
+    names = list(runs)
+    stages = sorted({s for r in runs.values() for s in r["peak_rss_by_stage_mb"]},
+                    key=lambda s: -max(r["peak_rss_by_stage_mb"].get(s, 0) for r in runs.values()))
+    head = "| | " + " | ".join(f"{n} s input" for n in names) + " |"
+    lines = [f"Peak memory of one full conversion per process (rmvpe, index, v2 40 kHz random-weight voice). "
+             f"Machine: {result['machine']}.", "", head, "|---|" + "---:|" * len(names)]
+
+    def row(label, fn):
+        lines.append(f"| {label} | " + " | ".join(fn(runs[n]) for n in names) + " |")
+
+    row("peak RSS (MB)", lambda r: f"{r['peak_rss_mb']:.0f}")
+    row("RSS after loading models (MB)", lambda r: f"{r['rss_after_load_mb']:.0f}")
+    row("MLX peak memory (MB)", lambda r: f"{r['mlx_peak_mb']:.0f}")
+    row("output samples", lambda r: f"{r['output_samples']} @ {r['output_sr']} Hz")
+    row("convert time (s)", lambda r: f"{r['convert_s']:.1f}")
+    for s in stages:
+        row(f"sampled RSS max during {s} (MB)", lambda r, s=s: f"{r['peak_rss_by_stage_mb'].get(s, 0):.0f}")
+    lines += ["", f"Ratio of peak RSS, {names[-1]} s / {names[0]} s: **{result['ratio']:.3f}** "
+              f"(target <= {TARGET_RATIO})."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seconds", type=float, nargs="+", default=[60.0, 600.0])
+    p.add_argument("--cache", default=str(ROOT / ".pytest_cache" / "v" / "rvc-reference"))
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    p.add_argument("--paths", help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+
+    if a.worker:
+        print(json.dumps(worker(json.loads(a.paths), a.worker)))
+        return 0
+
+    cache = Path(a.cache)
+    cache.mkdir(parents=True, exist_ok=True)
+    paths = prepare(cache, a.seconds)
+    runs = {}
+    for s in a.seconds:
+        runs[f"{s:g}"] = _run_worker(paths, f"{s:g}")
+        print(f"{s:g} s: peak RSS {runs[f'{s:g}']['peak_rss_mb']:.0f} MB", flush=True)
+    first, last = runs[f"{a.seconds[0]:g}"], runs[f"{a.seconds[-1]:g}"]
+    result = {"machine": machine(), "runs": runs, "ratio": last["peak_rss_mb"] / first["peak_rss_mb"],
+              "target_ratio": TARGET_RATIO}
+    out_dir = Path(a.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "memory.json").write_text(json.dumps(result, indent=2))
+    md = markdown(result)
+    (out_dir / "memory.md").write_text(md)
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
