@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import mlx.core as mx
 import mlx.nn as nn
 
+from ..backend import enabled
 from ..nn.conv import Conv1d, ConvTranspose1d
 
 LRELU_SLOPE = 0.1  # inside the upsampling stages and resblocks
@@ -26,6 +27,7 @@ SINE_AMP = 0.1
 NOISE_STD = 0.003  # additive noise on voiced samples
 UNVOICED_NOISE_STD = SINE_AMP / 3
 VOICED_THRESHOLD = 0.0
+TILE_FRAMES = 400  # decoder tile length (frames of 10 ms) when fast path ``tile`` is on
 
 
 @dataclass
@@ -96,6 +98,10 @@ class ResBlock1(nn.Module):
         ]
         self.convs2 = [Conv1d(channels, channels, kernel_size, padding=(kernel_size - 1) // 2) for _ in dilations]
 
+    def reach(self) -> int:
+        """Samples of context the block needs on each side."""
+        return sum(c.dilation * (c.weight.shape[1] - 1) // 2 for c in self.convs1 + self.convs2)
+
     def __call__(self, x: mx.array) -> mx.array:
         for c1, c2 in zip(self.convs1, self.convs2):
             xt = c2(leaky_relu(c1(leaky_relu(x, LRELU_SLOPE)), LRELU_SLOPE))
@@ -147,15 +153,54 @@ class Generator(nn.Module):
         if self.use_source:
             self.m_source = SourceModuleHnNSF(sample_rate)
 
+    def receptive_radius(self) -> float:
+        """How far (in frames) an output sample can see into the input latent, on either side: the sum of every
+        conv's reach along the chain, each converted from its own sample rate to frames. Tiles of the latent with
+        at least this much context on each side decode exactly as the whole sequence does."""
+        reach = self.conv_pre.weight.shape[1] // 2  # frames
+        rate = 1  # samples per frame at the current stage
+        for i, up in enumerate(self.ups):
+            reach += (up.weight.shape[1] / up.stride + 1) / rate  # transposed conv, in its input's samples
+            rate *= up.stride
+            if self.use_source:
+                reach += self.noise_convs[i].weight.shape[1] / self.upp
+            blocks = self.resblocks[i * self.num_kernels : (i + 1) * self.num_kernels]
+            reach += max(block.reach() for block in blocks) / rate
+        return reach + self.conv_post.weight.shape[1] // 2 / rate
+
     def __call__(
         self, x: mx.array, f0: mx.array | None = None, g: mx.array | None = None, noise: SourceNoise | None = None
     ) -> mx.array:
-        """``x (B, T, inter)``, ``f0 (B, T)`` Hz (f0 models), ``g (B, 1, gin)`` -> audio ``(B, T·upp, 1)``."""
+        """``x (B, T, inter)``, ``f0 (B, T)`` Hz (f0 models), ``g (B, 1, gin)`` -> audio ``(B, T·upp, 1)``.
+
+        With fast path ``tile`` on, long inputs are decoded in tiles of ``TILE_FRAMES`` frames, each with
+        ``halo()`` frames of real context on both sides (cut off afterwards): the same result as one pass, with
+        temporaries sized by the tile instead of the input. The NSF source is computed once for the whole input
+        (its phase is a running sum)."""
         har = None
         if self.use_source:
             if f0 is None:
                 raise ValueError("this generator needs f0")
             har = self.m_source(f0, self.upp, noise or SourceNoise())
+        t, halo = x.shape[1], self.halo()
+        if not enabled("tile") or t <= TILE_FRAMES + 2 * halo:
+            return self.decode(x, har, g)
+        outs = []
+        for start in range(0, t, TILE_FRAMES):
+            end = min(start + TILE_FRAMES, t)
+            lo, hi = max(start - halo, 0), min(end + halo, t)
+            tile_har = None if har is None else har[:, lo * self.upp : hi * self.upp]
+            y = self.decode(x[:, lo:hi], tile_har, g)[:, (start - lo) * self.upp : (end - lo) * self.upp]
+            mx.eval(y)
+            outs.append(y)
+        return mx.concatenate(outs, axis=1)
+
+    def halo(self) -> int:
+        """Frames of context each tile gets on both sides: the receptive radius rounded up, plus one."""
+        return math.ceil(self.receptive_radius()) + 1
+
+    def decode(self, x: mx.array, har: mx.array | None, g: mx.array | None) -> mx.array:
+        """One pass over ``x (B, T, inter)`` with the source ``har (B, T·upp, 1)`` -> audio ``(B, T·upp, 1)``."""
         x = self.conv_pre(x)
         if g is not None and "cond" in self:
             x = x + self.cond(g)
