@@ -15,9 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
-import statistics
 import subprocess
 import sys
 import time
@@ -26,10 +24,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 VOICE = "v2-40k-f0"
 SR16 = 16000
-
-
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 # -- preparation (once, in the driver) ----------------------------------------------------------------------------
@@ -66,22 +60,12 @@ def prepare(cache: Path, seconds: float) -> dict:
 
 
 def worker_ours(paths: dict, out_wav: str) -> dict:
-    t0 = time.perf_counter()
     import rvc_mlx  # noqa: F401  (BLAS preload before mlx)
-    from rvc_mlx import audio as audio_io
-    from rvc_mlx.pipeline import ConversionOptions, VoiceConverter
+    from rvc_mlx.bench import run_once
 
-    vc = VoiceConverter.load(paths["voice"], hubert=paths["hubert"], rmvpe=paths["rmvpe"], index=paths["index"])
-    audio, sr = audio_io.read(paths["clip"])
-    t_load = time.perf_counter() - t0
-    timings: dict = {}
-    t1 = time.perf_counter()
-    out, out_sr = vc.convert(audio, sr, ConversionOptions(f0_method="rmvpe"), timings=timings)
-    t_convert = time.perf_counter() - t1
-    t2 = time.perf_counter()
-    audio_io.write(out_wav, out, out_sr)
-    t_write = time.perf_counter() - t2
-    return {"load": t_load, **timings, "convert": t_convert, "write": t_write, "audio_s": len(audio) / sr}
+    spec = {"voice": paths["voice"], "hubert": paths["hubert"], "rmvpe": paths["rmvpe"], "index": paths["index"],
+            "input": paths["clip"], "output": out_wav, "options": {"f0_method": "rmvpe"}}
+    return run_once(spec)
 
 
 def worker_reference(paths: dict, out_wav: str) -> dict:
@@ -165,21 +149,6 @@ def _run_worker(args: list[str], env: dict | None = None) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def _medians(runs: list[dict]) -> dict:
-    keys = sorted({k for r in runs for k in r if isinstance(r[k], (int, float))})
-    return {k: statistics.median(r[k] for r in runs if k in r) for k in keys}
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.machine()}, Python {platform.python_version()}"
-
-
 def markdown(result: dict) -> str:
     ours, ref = result["ours"], result["reference"]
     lines = [f"Machine: {result['machine']}; input {result['seconds']:g} s; {result['runs']} runs each, interleaved, "
@@ -219,11 +188,13 @@ def main(argv=None) -> int:
         else:
             out = str(Path(paths["cache"]) / f"bench-out-{a.worker}.wav")
             res = (worker_ours if a.worker == "ours" else worker_reference)(paths, out)
-        res["peak_rss_mb"] = _peak_rss_mb()
+        res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
         print(json.dumps(res))
         return 0
 
     import torch  # noqa: F401  (torch before rvc_mlx in the driver, which builds reference models)
+
+    from rvc_mlx.bench import machine, medians
 
     cache = Path(a.cache)
     cache.mkdir(parents=True, exist_ok=True)
@@ -239,7 +210,7 @@ def main(argv=None) -> int:
             runs["reference_mmap"].append(_run_worker(["--worker", "synth-reference", "--paths", pj, "--seconds", "10"],
                                                       env={"MALLOC_MMAP_THRESHOLD_": "2147483647"}))
             print(f"run {i + 1}: " + ", ".join(f"{k} {v[-1]['synthesis']:.2f}s" for k, v in runs.items()), flush=True)
-        med = {k: _medians(v) for k, v in runs.items()}
+        med = {k: medians(v) for k, v in runs.items()}
         result = {"machine": machine(), "runs": a.runs, "seconds": 10.0, "synthesis": med,
                   "ratio": med["ours"]["synthesis"] / med["reference"]["synthesis"],
                   "ratio_vs_mmap": med["ours"]["synthesis"] / med["reference_mmap"]["synthesis"]}
@@ -260,7 +231,7 @@ def main(argv=None) -> int:
         print(f"run {i + 1}: ref {runs['reference'][-1]['convert']:.2f}s, ours {runs['ours'][-1]['convert']:.2f}s",
               flush=True)
     result = {"machine": machine(), "runs": a.runs, "seconds": a.seconds,
-              "reference": _medians(runs["reference"]), "ours": _medians(runs["ours"]), "all_runs": runs}
+              "reference": medians(runs["reference"]), "ours": medians(runs["ours"]), "all_runs": runs}
     result["ratio_convert"] = result["ours"]["convert"] / result["reference"]["convert"]
     (out_dir / "e2e.json").write_text(json.dumps(result, indent=2))
     md = markdown(result)

@@ -368,3 +368,27 @@ def test_pitch_command_csv_and_plot(tmp_path, capsys):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     code, _, err = _run(["pitch", "-i", tmp_path / "missing.wav", "--method", "pm"], capsys)
     assert code == 1 and "not found" in err
+
+
+def test_bench_times_every_stage_in_fresh_processes(models, clip, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("RVC_MLX_HOME", str(tmp_path / "home"))
+    out_json, out_md = tmp_path / "bench.json", tmp_path / "bench.md"
+    args = ["bench", *_base_args(models), "--index", models.index(768), "-i", clip, "--runs", "2",
+            "--json", out_json, "--markdown", out_md]
+    code, text, err = _run(args, capsys)
+    assert code == 0, err
+    result = json.loads(out_json.read_text())
+    assert result["runs"] == 2 and len(result["all_runs"]) == 2
+    for run in result["all_runs"]:
+        stages = [run[s] for s in ("f0", "hubert", "retrieval", "synthesis", "post")]
+        assert all(s > 0 for s in stages) and sum(stages) <= run["convert"] < 2 * sum(stages)
+        assert run["load"] > 0 and run["peak_rss_mb"] > 100
+        assert abs(run["audio_s"] - sf.info(clip).duration) < 1e-3
+    med = result["median"]
+    assert sorted(r["convert"] for r in result["all_runs"])[0] <= med["convert"]
+    assert "real-time factor" in text and out_md.read_text() == text
+    assert (tmp_path / "home" / "bench" / "bench-output.wav").is_file()
+    code, _, err = _run(["bench", "--runs", "0"], capsys)
+    assert code == 1 and "--runs" in err and err.count("\n") == 1
+    code, _, err = _run(["bench", *_base_args(models), "-i", tmp_path / "nope.wav"], capsys)
+    assert code == 1 and "not found" in err and err.count("\n") == 1

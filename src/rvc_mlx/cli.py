@@ -124,11 +124,11 @@ def options_from_args(args):
     return ConversionOptions(**{f.name: getattr(args, f.name) for f in fields(ConversionOptions)}).validate()
 
 
-def load_converter(args):
-    """Build a VoiceConverter from the CLI's model options (base models from the models directory by default)."""
+def load_converter_paths(args) -> dict:
+    """Model paths from the CLI's model options (base models from the models directory by default):
+    ``{"voice", "hubert", "rmvpe", "index"}``, each checked to exist (rmvpe/index may be None)."""
     from . import store
     from .hub import find_base_model
-    from .pipeline import VoiceConverter
 
     voice = resolve_voice(args.model)
     config = store.read_config(voice)
@@ -143,7 +143,14 @@ def load_converter(args):
             raise RvcMlxError(f"{p}: model file not found")
     if args.index and not Path(args.index).is_file():
         raise RvcMlxError(f"{args.index}: index file not found")
-    return VoiceConverter.load(voice, hubert=hubert, rmvpe=rmvpe, index=args.index)
+    return {"voice": str(voice), "hubert": str(hubert), "rmvpe": rmvpe and str(rmvpe), "index": args.index}
+
+
+def load_converter(args):
+    """Build a VoiceConverter from the CLI's model options."""
+    from .pipeline import VoiceConverter
+
+    return VoiceConverter.load(**load_converter_paths(args))
 
 
 def convert_one(converter, options, src: Path, out: Path, fmt: str | None) -> None:
@@ -315,10 +322,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="download and convert again")
     p.set_defaults(func=cmd_download)
 
-    from . import export, parity
+    from . import bench, export, parity
 
     parity.add_commands(sub)
     export.add_commands(sub)
+    bench.add_commands(sub)
     return parser
 
 

@@ -22,7 +22,7 @@ def demo_clip() -> Path:
     return Path(str(resources.files("rvc_mlx") / "data" / DEMO_CLIP))
 
 
-def _save_module(path: Path, module, config: dict, seed: int) -> None:
+def save_random_module(path: Path, module, config: dict, seed: int) -> None:
     """Save ``module`` with every matrix/kernel drawn from N(0, 1/fan_in): some layers of the networks start at
     zero (they are always loaded from a checkpoint), which would make an untrained model output silence."""
     from mlx.utils import tree_flatten
@@ -50,10 +50,10 @@ def build_demo_models(directory: Path) -> tuple[Path, Path]:
     if not voice.is_file():
         cfg = SynthesizerConfig()
         extra = {"kind": "voice", "vocoder": "HiFi-GAN", "embedder": "demo", "info": UNTRAINED}
-        _save_module(voice, Synthesizer(cfg), {**dataclasses.asdict(cfg), **extra}, DEMO_SEED)
+        save_random_module(voice, Synthesizer(cfg), {**dataclasses.asdict(cfg), **extra}, DEMO_SEED)
     if not hubert.is_file():
         cfg = HubertConfig(embedder="demo")
-        _save_module(hubert, Hubert(cfg), {**dataclasses.asdict(cfg), "kind": "hubert", "info": UNTRAINED},
+        save_random_module(hubert, Hubert(cfg), {**dataclasses.asdict(cfg), "kind": "hubert", "info": UNTRAINED},
                      DEMO_SEED + 1)
     return voice, hubert
 

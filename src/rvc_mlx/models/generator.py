@@ -193,6 +193,7 @@ class Generator(nn.Module):
             y = self.decode(x[:, lo:hi], tile_har, g)[:, (start - lo) * self.upp : (end - lo) * self.upp]
             mx.eval(y)
             outs.append(y)
+        mx.clear_cache()  # tile temporaries are not needed by the next stage
         return mx.concatenate(outs, axis=1)
 
     def halo(self) -> int:
