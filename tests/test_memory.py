@@ -155,22 +155,26 @@ def rmvpe(ref_cache, tmp_path_factory):
     return rmvpe_model.Rmvpe.load(path)
 
 
-def test_chunked_rmvpe_peak_memory_does_not_grow_with_length(rmvpe):
-    """Peak MLX memory of chunked F0 over 3 vs 9 chunks: equal within 2 %; the unchunked computation of the
-    longer input needs clearly more (so the check can fail)."""
-    chunk = 256
-    peaks = {}
-    for name, frames in (("short", 3 * chunk), ("long", 9 * chunk)):
-        audio = speech_like((frames - 1) * 160, 4)
-        mx.clear_cache()
-        mx.reset_peak_memory()
-        rmvpe.f0(audio, chunk=chunk, context=rmvpe_model.CONTEXT_FRAMES)
-        peaks[name] = mx.get_peak_memory()
+def _mlx_peak(fn, *args, **kwargs) -> int:
     mx.clear_cache()
     mx.reset_peak_memory()
-    rmvpe.f0(audio, chunk=1 << 20)  # the long input, whole
-    whole = mx.get_peak_memory()
+    fn(*args, **kwargs)
+    peak = mx.get_peak_memory()
     mx.clear_cache()
-    print({k: v / 2**20 for k, v in peaks.items()}, "whole long:", whole / 2**20, "MB")
-    assert peaks["long"] <= 1.02 * peaks["short"]
-    assert whole - peaks["long"] > 10 * abs(peaks["long"] - peaks["short"]) + 20 * 2**20
+    return peak
+
+
+def test_chunked_rmvpe_peak_memory_does_not_grow_with_length(rmvpe):
+    """Peak MLX memory above the weights (a 32-frame input's peak) of chunked F0 over 4 vs 12 chunks: the same
+    within the allocator's size-class noise (measured: 77 vs 84 MB, and 84 MB for 8, 12 or 24 chunks); the
+    unchunked computation of the longer input needs several times more (measured: ~500 MB), so the check can fail."""
+    chunk, context = 64, 32  # windows of 128 frames: cheap; the production sizes only scale this
+    frames = {"short": 4 * chunk, "long": 12 * chunk}
+    audio = {k: speech_like((n - 1) * 160, 4) for k, n in frames.items()}
+    base = _mlx_peak(rmvpe.f0, speech_like(31 * 160, 4))
+    act = {k: _mlx_peak(rmvpe.f0, a, chunk=chunk, context=context) - base for k, a in audio.items()}
+    whole = _mlx_peak(rmvpe.f0, audio["long"], chunk=1 << 20) - base
+    print({k: v / 2**20 for k, v in act.items()}, "whole long:", whole / 2**20, "MB above", base / 2**20, "MB")
+    assert act["short"] > 0
+    assert act["long"] <= 1.15 * act["short"]
+    assert whole >= 3 * act["long"]

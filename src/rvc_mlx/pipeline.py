@@ -402,6 +402,7 @@ class VoiceConverter:
                 pitch, f0 = self.f0(padded, options)
             record("f0", f0)
             record("pitch", pitch)
+            mx.clear_cache()  # MLX keeps freed buffers for reuse; return the F0 network's to the system
         trim = cfg.sample_rate * X_PAD
         pieces = []
         for i, (start, end, f_start, f_end) in enumerate(pieces_plan):
@@ -412,6 +413,7 @@ class VoiceConverter:
             piece = self.convert_piece(padded[start:end], p, f, options, piece_trace, timings)
             pieces.append(piece[trim:-trim].copy())  # a copy: the untrimmed piece is freed now
             del piece
+            mx.clear_cache()  # each piece's MLX buffers, so the cache does not grow with the number of pieces
             for name, value in (piece_trace or {}).items():
                 record(name if i == 0 else f"{name}.{i}", value)
         del padded
