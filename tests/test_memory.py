@@ -178,3 +178,23 @@ def test_chunked_rmvpe_peak_memory_does_not_grow_with_length(rmvpe):
     assert act["short"] > 0
     assert act["long"] <= 1.15 * act["short"]
     assert whole >= 3 * act["long"]
+
+
+# ------------------------------------------------------------------------------------- crepe, block by block
+
+
+def test_crepe_block_by_block_equals_the_whole_input_at_once():
+    """crepe_f0 frames, runs and Viterbi-decodes one decode block at a time: the same as framing the whole input,
+    running the network over every frame and decoding the (T, 360) probabilities per block."""
+    from rvc_mlx.f0 import F0Options
+    from rvc_mlx.f0 import crepe as crepe_f0
+
+    audio = speech_like(16000 * 6 + 77, 3)  # 601 frames: blocks of 256, 256 and 89
+    opts = F0Options(batch_size=256)
+    model = crepe_f0.load_crepe(None, "tiny")
+    probs = crepe_f0.crepe_probabilities(model, crepe_f0.frame_audio(audio))
+    f0, pd = crepe_f0.decode_viterbi(probs, opts.f0_min, opts.f0_max, opts.batch_size)
+    want = crepe_f0.rvc_postprocess(f0, pd)
+    got = crepe_f0.crepe_f0(audio, opts, "tiny")
+    np.testing.assert_array_equal(got, want)
+    assert 0.1 < np.mean(want > 0) < 0.95

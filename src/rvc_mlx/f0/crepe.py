@@ -8,7 +8,8 @@ decoded pitch; it makes two identical runs differ), and the network runs in MLX.
 
 Frames: the audio is zero-padded by 512 samples on both sides and cut into 1024-sample frames every 160 samples
 (``1 + N // 160`` frames), each normalised to zero mean and unit unbiased standard deviation.
-Viterbi decoding runs independently on each block of ``batch_size`` frames, as torchcrepe's ``predict`` does.
+Viterbi decoding runs independently on each block of ``batch_size`` frames, as torchcrepe's ``predict`` does;
+``crepe_f0`` frames, runs and decodes one such block at a time (memory bounded by the block, same result).
 """
 
 from __future__ import annotations
@@ -34,9 +35,13 @@ VITERBI_REACH = 12  # transition weight max(12 - |i - j|, 0), as torchcrepe
 def frame_audio(audio16k: np.ndarray, hop: int = HOP) -> np.ndarray:
     """(N,) float32 -> normalised frames (1 + N // hop, 1024) float32 (zero-padded by 512 each side)."""
     audio = np.asarray(audio16k, dtype=np.float32)
-    n_frames = 1 + len(audio) // hop
-    padded = np.pad(audio, (WINDOW_SIZE // 2, WINDOW_SIZE // 2))
-    starts = np.arange(n_frames) * hop
+    return padded_frames(np.pad(audio, (WINDOW_SIZE // 2, WINDOW_SIZE // 2)), 0, 1 + len(audio) // hop, hop)
+
+
+def padded_frames(padded: np.ndarray, start: int, stop: int, hop: int = HOP) -> np.ndarray:
+    """Frames ``start..stop`` of ``frame_audio`` from the zero-padded audio (frame j reads
+    ``padded[j * hop : j * hop + 1024]``): (stop - start, 1024) float32, each normalised on its own."""
+    starts = np.arange(start, stop) * hop
     frames = np.lib.stride_tricks.sliding_window_view(padded, WINDOW_SIZE)[starts].astype(np.float32)
     frames = frames - frames.mean(axis=1, keepdims=True)
     std = frames.std(axis=1, ddof=1, keepdims=True)
@@ -201,9 +206,15 @@ def crepe_probabilities(model, frames: np.ndarray, batch: int | None = None) -> 
 def crepe_f0(audio16k: np.ndarray, opts, capacity: str = "full") -> np.ndarray:
     """f0 (1 + N // 160,) Hz of 16 kHz audio with CREPE ``capacity``, RVC's decoding; 0 = unvoiced."""
     model = load_crepe(getattr(opts, "crepe_path", None), capacity)
-    probs = crepe_probabilities(model, frame_audio(audio16k))
     block = getattr(opts, "batch_size", None) or DECODE_BLOCK
-    f0, periodicity = decode_viterbi(probs, opts.f0_min, opts.f0_max, block)
+    # one Viterbi block at a time (frames, network, decode), so memory does not grow with the input's length
+    audio = np.asarray(audio16k, dtype=np.float32)
+    padded = np.pad(audio, (WINDOW_SIZE // 2, WINDOW_SIZE // 2))
+    n_frames = 1 + len(audio) // HOP
+    parts = [decode_viterbi(crepe_probabilities(model, padded_frames(padded, i, min(i + block, n_frames))),
+                            opts.f0_min, opts.f0_max, block) for i in range(0, n_frames, block)]
+    f0 = np.concatenate([p[0] for p in parts])
+    periodicity = np.concatenate([p[1] for p in parts])
     threshold = getattr(opts, "threshold", None)
     return rvc_postprocess(f0, periodicity, PERIODICITY_THRESHOLD if threshold is None else threshold)
 
