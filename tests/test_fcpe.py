@@ -101,3 +101,37 @@ def test_threshold_option_and_converted_file(tmp_path):
     ref_strict = pr.torchfcpe_f0(audio, threshold=0.5)
     assert (strict > 0).sum() < (a > 0).sum()
     assert np.mean((strict > 0) == (ref_strict > 0)) >= 0.99
+
+
+def test_long_input_in_windows_equals_the_whole():
+    """Windows of 256 frames with the production context (beyond the receptive radius) and float64 GroupNorm
+    statistics of the whole input: one pass with those statistics up to float32 rounding, and as close to torchfcpe as
+    the whole-input network (closer: measured 2.5e-6 vs 5.7e-5, MLX's float32 group statistics); a context
+    inside the receptive radius differs visibly (the check can fail)."""
+    import mlx.core as mx
+
+    from rvc_mlx.models.fcpe import CONTEXT_FRAMES
+
+    audio = np.concatenate([pr.make_signal(name).audio for name in pr.SIGNAL_SPECS])
+    est = fcpe_f0.load_fcpe()
+    assert est.model.receptive_radius() + 1 <= CONTEXT_FRAMES
+    mel = log_mel(audio, est.config, est.mel_basis)
+    chunked = est.salience(audio, chunk=256)
+    assert chunked.shape[0] > 3 * 256
+    one_pass = np.array(est.model.forward_normalised(mx.array(mel)[None], *est.model.group_statistics(mel, 256))[0])
+    np.testing.assert_allclose(chunked, one_pass, rtol=0, atol=2e-6)  # measured 0 to 7e-7 (float32 rounding)
+    _, latent_ref = pr.torchfcpe_mel_and_latent(audio)
+    whole = est.salience(audio, chunk=1 << 30)
+    err_chunked, err_whole = np.abs(chunked - latent_ref).max(), np.abs(whole - latent_ref).max()
+    f0_whole = fcpe_f0.decode_local_argmax(whole, est.cent_table, fcpe_f0.THRESHOLD)
+    f0_chunked = est(audio, chunk=256)
+    both = (f0_whole > 0) & (f0_chunked > 0)
+    cents = np.abs(1200 * np.log2(f0_chunked[both] / f0_whole[both]))
+    print(f"fcpe windows ({chunked.shape[0]} frames): max|diff| vs torchfcpe {err_chunked:.2e} (whole input at "
+          f"once: {err_whole:.2e}); vs whole: voicing agreement {np.mean((f0_whole > 0) == (f0_chunked > 0)):.5f}, "
+          f"max cents {cents.max():.2e}")
+    assert err_chunked <= 1e-4 and err_whole <= 1e-4
+    assert np.mean((f0_whole > 0) == (f0_chunked > 0)) >= 0.999
+    assert cents.max() <= 0.1
+    narrow = est.salience(audio, chunk=256, context=16)
+    assert np.abs(narrow - one_pass).max() > 1e-3

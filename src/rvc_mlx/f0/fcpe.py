@@ -12,7 +12,14 @@ import os
 import numpy as np
 
 from . import register
-from ..models.fcpe import FcpeConfig, decode_local_argmax, log_mel, slaney_mel_filterbank
+from ..models.fcpe import (
+    CHUNK_FRAMES,
+    CONTEXT_FRAMES,
+    FcpeConfig,
+    decode_local_argmax,
+    log_mel,
+    slaney_mel_filterbank,
+)
 
 THRESHOLD = 0.006  # Applio / torchfcpe README: frames with maximum salience ≤ this are unvoiced
 
@@ -28,17 +35,18 @@ class FcpeEstimator:
         )
         self.cent_table = np.array(model.cent_table, dtype=np.float32)
 
-    def salience(self, audio16k: np.ndarray) -> np.ndarray:
-        """(N,) -> (1 + N // 160, out_dims) float32 network output."""
-        import mlx.core as mx
-
+    def salience(self, audio16k: np.ndarray, chunk: int = CHUNK_FRAMES, context: int = CONTEXT_FRAMES) -> np.ndarray:
+        """(N,) -> (1 + N // 160, out_dims) float32 network output (long input in windows, see
+        ``FCPE.salience_chunks``)."""
         mel = log_mel(audio16k, self.config, self.mel_basis)
-        y = self.model(mx.array(mel)[None])
-        mx.eval(y)
-        return np.array(y[0], dtype=np.float32)
+        return np.concatenate([y for _, y in self.model.salience_chunks(mel, chunk, context)])
 
-    def __call__(self, audio16k: np.ndarray, threshold: float = THRESHOLD) -> np.ndarray:
-        return decode_local_argmax(self.salience(audio16k), self.cent_table, threshold)
+    def __call__(self, audio16k: np.ndarray, threshold: float = THRESHOLD, chunk: int = CHUNK_FRAMES,
+                 context: int = CONTEXT_FRAMES) -> np.ndarray:
+        """(N,) -> f0 (1 + N // 160,) Hz, decoded window by window (the decode is frame by frame)."""
+        mel = log_mel(audio16k, self.config, self.mel_basis)
+        return np.concatenate([decode_local_argmax(y, self.cent_table, threshold)
+                               for _, y in self.model.salience_chunks(mel, chunk, context)])
 
 
 @functools.lru_cache(maxsize=2)

@@ -26,6 +26,11 @@ GROUPNORM_GROUPS = 4
 GROUPNORM_EPS = 1e-5
 LAYERNORM_EPS = 1e-5
 LEAKY_SLOPE = 0.01  # torch.nn.LeakyReLU default
+# Long input runs in windows (``FCPE.salience_chunks``): CHUNK_FRAMES kept frames per window and CONTEXT_FRAMES
+# either side, more than the network's receptive radius (``receptive_radius() + 1`` = 92 frames for the bundled
+# model), so chunking changes only the rounding of the GroupNorm statistics.
+CHUNK_FRAMES = 8192
+CONTEXT_FRAMES = 96
 
 
 @dataclass
@@ -250,6 +255,64 @@ class FCPE(nn.Module):
             x = layer(x)
         x = self.norm(self.net(x))
         return mx.sigmoid(self.output_proj(x))
+
+    def receptive_radius(self) -> int:
+        """Frames either side that one output frame depends on, after the GroupNorm: conv k3 (1), then
+        ``n_layers`` depthwise convs (kernel // 2 each). The first conv (k3, 1 frame) comes before it."""
+        c = self.config
+        return 1 + c.n_layers * (c.kernel_size // 2)
+
+    def group_statistics(self, mel: np.ndarray, block: int = CHUNK_FRAMES) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and variance (G,) float64 of the GroupNorm's input (the first conv of ``mel`` (T, n_mels)) over
+        the whole input, accumulated ``block`` frames at a time."""
+        conv, gn = self.input_stack[0], self.input_stack[1]
+        t = mel.shape[0]
+        g = gn.num_groups
+        total = np.zeros(g)
+        total_sq = np.zeros(g)
+        for s in range(0, t, block):
+            lo, hi = max(0, s - 1), min(t, s + block + 1)  # one frame of context for the k3 conv
+            x = conv(mx.array(mel[lo:hi])[None])[0, s - lo : s - lo + min(block, t - s)]
+            x = np.array(x, dtype=np.float64).reshape(x.shape[0], g, -1)
+            total += x.sum(axis=(0, 2))
+            total_sq += np.square(x).sum(axis=(0, 2))
+        n = t * (conv.weight.shape[0] // g)
+        mean = total / n
+        return mean, np.maximum(total_sq / n - mean**2, 0.0)
+
+    def forward_normalised(self, mel: mx.array, mean: np.ndarray, var: np.ndarray) -> mx.array:
+        """The network on (B, T, n_mels) with the GroupNorm's statistics given (``group_statistics``)."""
+        conv, gn = self.input_stack[0], self.input_stack[1]
+        x = conv(mel)
+        b, t, c = x.shape
+        g = gn.num_groups
+        scale = mx.array(1.0 / np.sqrt(var + gn.eps), dtype=mx.float32)[:, None]
+        x = ((x.reshape(b, t, g, c // g) - mx.array(mean, dtype=mx.float32)[:, None]) * scale).reshape(b, t, c)
+        x = gn.weight * x + gn.bias
+        for layer in self.input_stack[2:]:
+            x = layer(x)
+        x = self.norm(self.net(x))
+        return mx.sigmoid(self.output_proj(x))
+
+    def salience_chunks(self, mel: np.ndarray, chunk: int = CHUNK_FRAMES, context: int = CONTEXT_FRAMES):
+        """Yield ``(start, salience (n, out_dims) float32)`` covering ``mel`` (T, n_mels) float32.
+
+        At most ``chunk`` frames: the whole network at once (exactly ``self(mel)``). Longer: the GroupNorm
+        statistics of the whole input first, then windows of ``chunk`` frames plus ``context`` either side; with
+        ``context >= receptive_radius()`` the kept frames see exactly the inputs they see in the whole."""
+        t = mel.shape[0]
+        if t <= chunk:
+            y = self(mx.array(mel)[None])
+            mx.eval(y)
+            yield 0, np.array(y[0], dtype=np.float32)
+            return
+        mean, var = self.group_statistics(mel, chunk)
+        for s in range(0, t, chunk):
+            lo, hi = max(0, s - context), min(t, s + chunk + context)
+            y = self.forward_normalised(mx.array(mel[lo:hi])[None], mean, var)[0, s - lo : s - lo + min(chunk, t - s)]
+            mx.eval(y)
+            yield s, np.array(y, dtype=np.float32)
+            del y
 
 
 def decode_local_argmax(salience: np.ndarray, cent_table: np.ndarray, threshold: float) -> np.ndarray:
