@@ -10,7 +10,8 @@ own process; the process reports its peak RSS (``getrusage``), MLX's peak memory
 
 ``--models bench`` (default) uses the full-size bench voice and HuBERT; it needs the test extra (torch,
 transformers, rvc==0.3.5) to build them once (cached). ``--models small`` keeps the real RMVPE and the 40 kHz
-output but draws a narrow voice (v2 layout, 64-d features, 64 upsampling channels), a narrow 12-layer HuBERT
+output but draws a narrow voice (v2 layout, 64-d features, 64 upsampling channels, one resblock per
+upsampling stage), a narrow 12-layer HuBERT
 (64-d) and a 64-d index: ~10x less compute, so a 10-minute input fits a short run. Per-piece memory (HuBERT,
 synthesizer) is then smaller, which makes the 10-minute/1-minute ratio a stricter test of what grows with length.
 """
@@ -97,10 +98,11 @@ def prepare_small(cache: Path, seconds: list[float]) -> dict:
     d = SMALL_DIM
     small = cache / "memory-small"
     small.mkdir(parents=True, exist_ok=True)
-    voice, hubert, index = small / "voice.safetensors", small / "hubert.safetensors", small / "features.index"
+    voice, hubert, index = small / "voice-1rb.safetensors", small / "hubert.safetensors", small / "features.index"
     if not voice.exists():
         cfg = SynthesizerConfig(feature_dim=d, inter_channels=d // 2, hidden_channels=d // 2, filter_channels=d,
-                                n_layers=2, upsample_initial_channel=d, gin_channels=d // 2)
+                                n_layers=2, upsample_initial_channel=d, gin_channels=d // 2,
+                                resblock_kernel_sizes=[3], resblock_dilation_sizes=[[1, 3, 5]])
         _save_random(voice, Synthesizer(cfg), {**dataclasses.asdict(cfg), "kind": "voice"}, seed=1)
     if not hubert.exists():
         cfg = HubertConfig(hidden_size=d, num_attention_heads=4, intermediate_size=2 * d, conv_dim=(d,) * 7,
