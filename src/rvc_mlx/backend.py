@@ -90,7 +90,7 @@ def blas_in_use() -> str | None:
 # measure what it buys or to rule it out when results look wrong. All are numerically equivalent to the plain path.
 FAST_PATHS = {
     "blas": "optimized BLAS loaded before MLX on Linux (this module; also $RVC_MLX_BLAS=none)",
-    "cache": "MLX buffer cache kept up to CACHE_LIMIT_BYTES (no page faults on every large temporary)",
+    "cache": "MLX buffer cache kept up to CACHE_LIMIT_BYTES, $RVC_MLX_CACHE_GB (no page fault per large temporary)",
     "conv": "CPU conv rewrites: per-tap addmm conv1d, polyphase conv_transpose1d, im2col conv2d (nn.conv, nn.conv2d)",
     "exp": "NumPy's vectorised exp for softmax/sigmoid/tanh on CPU (nn.fastmath); MLX's CPU exp is scalar",
     "tile": "the decoder runs in time tiles with an exact halo (bounded memory, cache-sized temporaries)",
@@ -126,7 +126,9 @@ def on_cpu() -> bool:
     return mx.default_device() == mx.cpu
 
 
-CACHE_LIMIT_BYTES = 4 << 30
+# 1 GB: measured on 30 s end to end (v2 40k, rmvpe, index), 1 GB vs 4 GB cost 3 % in time and halved peak RSS
+# (3.1 vs 6.2 GB). ``$RVC_MLX_CACHE_GB`` overrides it.
+CACHE_LIMIT_BYTES = int(float(os.environ.get("RVC_MLX_CACHE_GB", "1")) * (1 << 30))
 
 
 def configure_mlx() -> None:
