@@ -223,3 +223,35 @@ def test_tiled_decoder_matches_reference(name, ref_cache, monkeypatch):
     monkeypatch.setattr(type(ours.dec), "halo", lambda self: 2)
     seams = np.array(ours.stages(feats, pitch, f0, sid=SID, noise="none")["audio"])
     assert np.abs(seams - audio_r).max() > 10 * MAX_ABS
+
+
+def test_tiled_decoder_memory_does_not_grow_with_length():
+    """With tiles, the decoder's peak MLX memory for 4x the frames stays within 1.25x (beyond the output);
+    without them it grows with the input (so the measurement can tell)."""
+    from mlx.utils import tree_map
+
+    from rvc_mlx import backend
+    from rvc_mlx.models.generator import Generator
+
+    gen = Generator(192, [3, 7], [[1, 3, 5]] * 2, [10, 10, 2, 2], 64, [16, 16, 4, 4], 0, sample_rate=40000)
+    gen.update(tree_map(lambda p: mx.random.normal(p.shape) * 0.1, gen.parameters()))
+    mx.eval(gen.parameters())
+
+    def peak(frames: int, tiled: bool) -> float:
+        backend.set_enabled("tile", tiled)
+        try:
+            z = mx.random.normal((1, frames, 192))
+            f0 = mx.full((1, frames), 150.0)
+            mx.eval(z, f0)
+            mx.clear_cache()
+            mx.reset_peak_memory()
+            base = mx.get_active_memory()
+            y = gen(z, f0)
+            mx.eval(y)
+            return (mx.get_peak_memory() - base - 2 * y.nbytes) / 1e6  # the output and its concatenation
+        finally:
+            backend.set_enabled("tile", None)
+
+    short, long = peak(1000, True), peak(4000, True)
+    assert long <= 1.25 * short, (short, long)
+    assert peak(4000, False) > 2 * peak(1000, False)
