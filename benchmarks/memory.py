@@ -1,9 +1,9 @@
 """Peak memory of a full conversion vs input length: does a 10-minute input stay within 1.25x a 1-minute one?
 
 Each conversion (rmvpe F0, an index, the random-weight v2 40 kHz bench voice of ``benchmarks/e2e.py``) runs in its
-own process; the process reports its peak RSS (``getrusage``), MLX's peak memory, and the RSS timeline sampled every
-``SAMPLE_S`` seconds (the peak's time and stage breakdown help to find what grows with length). Writes
-``memory.json`` and ``memory.md`` to ``--out``.
+own process; the process reports its peak RSS (``getrusage``), MLX's peak memory, and its RSS sampled every
+``SAMPLE_S`` seconds, labelled by pipeline stage (to find what grows with length). Writes ``memory.json`` and
+``memory.md`` to ``--out``.
 
     python -m benchmarks.memory --seconds 60 600        # from the repository root
     python -m benchmarks.memory --models small          # same pipeline, narrow random voice and HuBERT
@@ -275,10 +275,9 @@ def main(argv=None) -> int:
               "target_ratio": TARGET_RATIO}
     out_dir = Path(a.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    stem = "memory" if a.models == "bench" else "memory-small"
-    (out_dir / f"{stem}.json").write_text(json.dumps(result, indent=2))
+    (out_dir / "memory.json").write_text(json.dumps(result, indent=2))  # the models used are in it
     md = markdown(result)
-    (out_dir / f"{stem}.md").write_text(md)
+    (out_dir / "memory.md").write_text(md)
     print(md)
     return 0
 
