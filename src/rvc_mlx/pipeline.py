@@ -14,6 +14,7 @@ Deliberate deviations from the reference, each switchable back:
 
 from __future__ import annotations
 
+import itertools
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -121,7 +122,8 @@ def high_pass(audio: np.ndarray) -> np.ndarray:
     zi = signal.lfilter_zi(b, a)
     state = zi * left[0]
     pos = 0
-    for part in (left, *(x[i : i + BLOCK] for i in range(0, x.shape[0], BLOCK)), right):  # forward pass
+    blocks = (x[i : i + BLOCK] for i in range(0, x.shape[0], BLOCK))
+    for part in itertools.chain((left,), blocks, (right,)):  # forward pass
         y[pos : pos + part.shape[0]], state = signal.lfilter(b, a, part, zi=state)
         pos += part.shape[0]
     state = zi * y[-1]
