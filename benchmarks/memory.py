@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -207,16 +206,6 @@ def _run_worker(paths: dict, seconds: str) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.machine()}, Python {platform.python_version()}"
-
-
 def markdown(result: dict) -> str:
     runs = result["runs"]
     names = list(runs)
@@ -271,6 +260,8 @@ def main(argv=None) -> int:
         runs[f"{s:g}"] = done[s] if a.parallel else _run_worker(paths, f"{s:g}")
         print(f"{s:g} s: peak RSS {runs[f'{s:g}']['peak_rss_mb']:.0f} MB", flush=True)
     first, last = runs[f"{a.seconds[0]:g}"], runs[f"{a.seconds[-1]:g}"]
+    from rvc_mlx.bench import machine
+
     result = {"machine": machine(), "models": a.models, "runs": runs, "ratio": last["peak_rss_mb"] / first["peak_rss_mb"],
               "target_ratio": TARGET_RATIO}
     out_dir = Path(a.out)
