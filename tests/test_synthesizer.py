@@ -206,7 +206,9 @@ def test_dilated_conv_formulations(d):
         fastconv.set_conv_mode("auto")
 
 
-@pytest.mark.parametrize("name", ["v2-40k-f0", "v2-48k-f0", "v1-32k-nof0"])
+@pytest.mark.parametrize(
+    "name", ["v2-40k-f0", pytest.param("v2-48k-f0", marks=pytest.mark.slow), pytest.param("v1-32k-nof0", marks=pytest.mark.slow)]
+)
 def test_tiled_decoder_matches_reference(name, ref_cache, monkeypatch):
     """Decoding in tiles (fast path ``tile``) with the computed halo equals the reference on 200 frames cut into
     40-frame tiles; with too little context the tile seams show (so the comparison can fail)."""
