@@ -21,7 +21,7 @@ import numpy as np
 from ..backend import enabled, on_cpu
 
 MIN_BLOCK = 1 << 18  # elements per thread below which one thread is faster
-_pool: dict[str, ThreadPoolExecutor] = {}
+_POOL = ThreadPoolExecutor(os.cpu_count() or 1)  # threads start on first use
 
 
 def _use_numpy() -> bool:
@@ -41,10 +41,8 @@ def numpy_exp(src: np.ndarray, dst: np.ndarray) -> None:
     if workers <= 1:
         _exp_block(src, dst)
         return
-    if "exp" not in _pool:
-        _pool["exp"] = ThreadPoolExecutor(os.cpu_count() or 1)
     bounds = np.linspace(0, src.size, workers + 1).astype(np.int64)
-    list(_pool["exp"].map(lambda i: _exp_block(src[bounds[i] : bounds[i + 1]], dst[bounds[i] : bounds[i + 1]]),
+    list(_POOL.map(lambda i: _exp_block(src[bounds[i] : bounds[i + 1]], dst[bounds[i] : bounds[i + 1]]),
                           range(workers)))
 
 
