@@ -43,7 +43,7 @@ def numpy_exp(src: np.ndarray, dst: np.ndarray) -> None:
         return
     bounds = np.linspace(0, src.size, workers + 1).astype(np.int64)
     list(_POOL.map(lambda i: _exp_block(src[bounds[i] : bounds[i + 1]], dst[bounds[i] : bounds[i + 1]]),
-                          range(workers)))
+                   range(workers)))
 
 
 def exp(x: mx.array) -> mx.array:
