@@ -13,6 +13,7 @@ If torch is used in the same process, import torch first (its own BLAS must load
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import glob
 import os
@@ -95,6 +96,7 @@ FAST_PATHS = {
     "exp": "NumPy's vectorised exp for softmax/sigmoid/tanh on CPU (nn.fastmath); MLX's CPU exp is scalar",
     "tile": "the decoder runs in time tiles with an exact halo (bounded memory, cache-sized temporaries)",
     "gru": "bidirectional GRU with both directions batched and the input projection hoisted (nn.gru)",
+    "lanes": "independent pieces (decoder tiles) run at once on one CPU stream per core, one BLAS thread each",
 }
 DISABLE_ENV = "RVC_MLX_DISABLE"
 _overrides: dict[str, bool] = {}
@@ -137,3 +139,57 @@ def configure_mlx() -> None:
 
     if enabled("cache"):
         mx.set_cache_limit(CACHE_LIMIT_BYTES)
+
+
+# -- CPU lanes ----------------------------------------------------------------------------------------------------
+# MLX runs each CPU stream's ops on that stream's own thread, but its elementwise ops, reductions and copies are
+# single-threaded; only BLAS uses more cores. Independent pieces of work (e.g. decoder tiles) evaluated together on
+# one stream per core, with BLAS cut to one thread meanwhile, keep every core busy for the whole graph.
+_lane_streams: list = []
+
+
+def _blas_thread_control():
+    """``(get, set)`` for the preloaded OpenBLAS's thread count, or None when it cannot be controlled."""
+    if _state["blas"] is None:
+        return None
+    if "threads" not in _state:
+        lib = ctypes.CDLL(_state["blas"])
+        get, set_ = (getattr(lib, f"openblas_{op}_num_threads", None) for op in ("get", "set"))
+        _state["threads"] = (get, set_) if get and set_ else None
+    return _state["threads"]
+
+
+def cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def lanes() -> list:
+    """Streams to spread independent work over: one per core on CPU when fast path ``lanes`` is on and the BLAS
+    thread count can be controlled (see ``lane_blas``); otherwise just the default stream."""
+    import mlx.core as mx
+
+    default = [mx.default_stream(mx.default_device())]
+    if not (enabled("lanes") and on_cpu() and cpu_count() > 1 and _blas_thread_control()):
+        return default
+    while len(_lane_streams) < cpu_count():
+        _lane_streams.append(mx.new_stream(mx.cpu))
+    return _lane_streams[: cpu_count()]
+
+
+@contextlib.contextmanager
+def lane_blas(streams: list):
+    """While work on ``streams`` (from ``lanes()``) is evaluated: one BLAS thread per lane, if there are several."""
+    control = _blas_thread_control() if len(streams) > 1 else None
+    if control is None:
+        yield
+        return
+    get, set_ = control
+    before = get()
+    set_(1)
+    try:
+        yield
+    finally:
+        set_(before)
