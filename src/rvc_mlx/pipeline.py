@@ -348,7 +348,6 @@ class VoiceConverter:
         record = trace.__setitem__ if trace is not None else (lambda name, value: None)
         with timed(timings, "hubert"):
             feats = self.content_features(piece)
-        mx.clear_cache()  # HuBERT's freed buffers are not the synthesizer's sizes: give them back before it runs
         record("hubert", feats)
         protect_on = options.protect < PROTECT_OFF and cfg.use_f0
         feats0 = feats
