@@ -129,9 +129,10 @@ def on_cpu() -> bool:
     return mx.default_device() == mx.cpu
 
 
-# 1 GB: measured on 30 s end to end (v2 40k, rmvpe, index), 1 GB vs 4 GB cost 3 % in time and halved peak RSS
-# (3.1 vs 6.2 GB). ``$RVC_MLX_CACHE_GB`` overrides it.
-CACHE_LIMIT_BYTES = int(float(os.environ.get("RVC_MLX_CACHE_GB", "1")) * (1 << 30))
+# 0.5 GB, measured on 30 s end to end (v2 40k, rmvpe, index): 1 GB vs 4 GB cost 3 % in time and halved peak RSS
+# (3.1 vs 6.2 GB); with CPU lanes, 0.5 GB vs 1 GB took 58 vs 62 s and peaked at 3.4 vs 3.8 GB (the peak is in
+# synthesis, where the cache sits on top of the decoder's tiles). ``$RVC_MLX_CACHE_GB`` overrides it.
+CACHE_LIMIT_BYTES = int(float(os.environ.get("RVC_MLX_CACHE_GB", "0.5")) * (1 << 30))
 
 
 def configure_mlx() -> None:
