@@ -77,6 +77,19 @@ def test_exp_shifted_leaves_its_input_alone():
         backend.set_enabled("exp", None)
 
 
+@pytest.mark.parametrize("exp_path", [True, False], indirect=True)
+def test_exp_shifted_in_place_matches_float64(exp_path):
+    """``exp_shifted_`` (threaded, cache-sized row pieces, in the array's own buffer) equals exp(s − max(s))."""
+    rng = np.random.default_rng(3)
+    s = rng.normal(0, 6, size=(2, 3, 333, 1001)).astype(np.float32)  # several threads and row pieces, ragged
+    want = np.exp(s.astype(np.float64) - s.max(-1, keepdims=True))
+    fresh = mx.array(s) * 1.0
+    got = fastmath.exp_shifted_(fresh)
+    assert np.abs(np.array(got) - want).max() < 1e-6
+    if exp_path:
+        assert got is fresh  # in place: no second full-size buffer
+
+
 def test_gru_switch_matches_torch_both_ways():
     import torch
 

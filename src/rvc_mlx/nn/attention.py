@@ -65,7 +65,7 @@ class RelativeMultiHeadAttention(nn.Module):
         rel = mx.concatenate([rel, mx.zeros((b, h, t, 1), dtype=rel.dtype)], axis=-1)
         band = mx.broadcast_to(_band_index(t, w), (b, h, t, t))
         scores = scores + mx.take_along_axis(rel, band, axis=-1)
-        e = fastmath.exp_shifted(scores)  # softmax = e / total, divided after the products
+        e = fastmath.exp_shifted_(scores)  # softmax = e / total, divided after the products
         out, total = fastmath.weighted_sum(e, v)
         e_pad = mx.concatenate([e, mx.zeros((b, h, t, 1), dtype=e.dtype)], axis=-1)
         diag = mx.broadcast_to(_diag_index(t, w), (b, h, t, 2 * w + 1))

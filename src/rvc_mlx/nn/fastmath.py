@@ -21,6 +21,7 @@ import numpy as np
 from ..backend import enabled, on_cpu
 
 MIN_BLOCK = 1 << 18  # elements per thread below which one thread is faster
+CACHE_BLOCK = 256 << 10  # bytes of rows handled at a time by exp_shifted_ (stays in L2 between its passes)
 _POOL = ThreadPoolExecutor(os.cpu_count() or 1)  # threads start on first use
 
 
@@ -76,6 +77,33 @@ def exp_shifted(scores: mx.array, axis: int = -1) -> mx.array:
     return shifted
 
 
+def exp_shifted_(scores: mx.array) -> mx.array:
+    """``exp_shifted(scores)`` along the last axis, computed in place in ``scores``' own buffer on the NumPy path:
+    for a freshly computed array nothing else refers to (e.g. attention scores straight from a matmul).
+
+    Rows are split over the CPU cores; each thread takes its rows' maxima, subtracts them and exponentiates, so
+    the whole softmax numerator is one threaded pass instead of MLX's single-threaded max and subtraction."""
+    if not _use_numpy():
+        return exp_shifted(scores)
+    view = _evaluated(scores)
+    if scores.dtype != mx.float32 or not (view.flags.c_contiguous and view.flags.writeable):
+        return exp_shifted(scores)
+    rows = view.reshape(-1, view.shape[-1])
+    workers = max(1, min(os.cpu_count() or 1, view.size // MIN_BLOCK))
+    bounds = np.linspace(0, rows.shape[0], workers + 1).astype(np.int64)
+
+    step = max(1, CACHE_BLOCK // (4 * rows.shape[1]))
+
+    def block(i: int) -> None:  # in cache-sized pieces: max, subtract and exp in one trip through memory
+        for start in range(bounds[i], bounds[i + 1], step):
+            part = rows[start : min(start + step, bounds[i + 1])]
+            part -= part.max(axis=-1, keepdims=True)
+            _exp_block(part, part)
+
+    list(_POOL.map(block, range(workers)))
+    return scores
+
+
 def softmax(x: mx.array, axis: int = -1) -> mx.array:
     if not _use_numpy():
         return mx.softmax(x, axis=axis)
@@ -111,5 +139,5 @@ def attention(q: mx.array, k: mx.array, v: mx.array, scale: float) -> mx.array:
     """Unmasked scaled dot-product attention ``(B, H, T, d) x3 -> (B, H, T, d)``."""
     if not _use_numpy():
         return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale)
-    out, total = weighted_sum(exp_shifted((q * scale) @ k.transpose(0, 1, 3, 2)), v)
+    out, total = weighted_sum(exp_shifted_((q * scale) @ k.transpose(0, 1, 3, 2)), v)
     return out / total
