@@ -90,6 +90,26 @@ def test_exp_shifted_in_place_matches_float64(exp_path):
         assert got is fresh  # in place: no second full-size buffer
 
 
+def test_column_moments_match_float64():
+    """Threaded per-channel mean/variance (HuBERT's channel norm) against float64, on a long input with an offset
+    mean (where a float32 running sum would drift); None off the NumPy path."""
+    rng = np.random.default_rng(4)
+    x = (rng.normal(3.0, 0.5, size=(1, 131_075, 8)) + np.arange(8) * 10).astype(np.float32)
+    backend.set_enabled("exp", True)
+    try:
+        mean, var = fastmath.column_moments(mx.array(x), 256)
+    finally:
+        backend.set_enabled("exp", None)
+    x64 = x.astype(np.float64)
+    assert np.abs(np.array(mean) - x64.mean(axis=1, keepdims=True)).max() < 1e-5
+    np.testing.assert_allclose(np.array(var), x64.var(axis=1, keepdims=True), rtol=1e-5)
+    backend.set_enabled("exp", False)
+    try:
+        assert fastmath.column_moments(mx.array(x), 256) is None
+    finally:
+        backend.set_enabled("exp", None)
+
+
 def test_gru_switch_matches_torch_both_ways():
     import torch
 

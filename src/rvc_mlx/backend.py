@@ -93,11 +93,13 @@ FAST_PATHS = {
     "blas": "optimized BLAS loaded before MLX on Linux (this module; also $RVC_MLX_BLAS=none)",
     "cache": "MLX buffer cache kept up to CACHE_LIMIT_BYTES, $RVC_MLX_CACHE_GB (no page fault per large temporary)",
     "conv": "CPU conv rewrites: per-tap addmm conv1d, polyphase conv_transpose1d, im2col conv2d (nn.conv, nn.conv2d)",
-    "exp": "NumPy's vectorised exp for softmax/sigmoid/tanh on CPU (nn.fastmath); MLX's CPU exp is scalar",
+    "exp": "NumPy on CPU (nn.fastmath): vectorised exp for softmax/sigmoid/tanh (MLX's CPU exp is scalar), "
+    "threaded softmax numerators and channel statistics",
     "tile": "the decoder runs in time tiles with an exact halo (bounded memory, cache-sized temporaries)",
     "gru": "bidirectional GRU with both directions batched and the input projection hoisted (nn.gru)",
     "fft": "overlap-save FFT for wide-kernel convs with 64-128 channels (nn.conv.fft_size), when ``conv`` is on",
-    "lanes": "independent pieces (decoder tiles) run at once on one CPU stream per core, one BLAS thread each",
+    "lanes": "independent pieces (decoder tiles, conv2d row blocks) run at once on one CPU stream per core, one "
+    "BLAS thread each",
 }
 DISABLE_ENV = "RVC_MLX_DISABLE"
 _overrides: dict[str, bool] = {}

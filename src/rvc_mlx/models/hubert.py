@@ -102,8 +102,12 @@ class ChannelNorm(nn.Module):
 
     def statistics(self, x: mx.array) -> tuple[mx.array, mx.array]:
         """``(mean, scale)`` per channel, ``(B, 1, C)`` each, so that the output is ``(x − mean)·scale + bias``."""
-        mean = _blocked_mean(x)
-        var = _blocked_mean(mx.square(x - mean))
+        moments = fastmath.column_moments(x, SUM_BLOCK)  # threaded on CPU, float64 accumulation
+        if moments is not None:
+            mean, var = moments
+        else:
+            mean = _blocked_mean(x)
+            var = _blocked_mean(mx.square(x - mean))
         return mean, mx.rsqrt(var + self.eps) * self.weight
 
     def __call__(self, x: mx.array, stats: tuple[mx.array, mx.array] | None = None) -> mx.array:

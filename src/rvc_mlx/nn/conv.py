@@ -70,10 +70,10 @@ def fft_size(c_in: int, c_out: int, taps: int, dilation: int) -> int | None:
 
     The length is the power of two at least four times the kernel's span (so at least 3/4 of each block is
     output), and at least ``FFT_MIN_SIZE``."""
-    channels = min(c_in, c_out)
-    if not enabled("fft") or taps < FFT_MIN_TAPS or not FFT_MIN_CHANNELS <= channels <= max(c_in, c_out) <= FFT_MAX_CHANNELS:
+    low, high = min(c_in, c_out), max(c_in, c_out)
+    if not enabled("fft") or taps < FFT_MIN_TAPS or low < FFT_MIN_CHANNELS or high > FFT_MAX_CHANNELS:
         return None
-    if channels < FFT_WIDE_CHANNELS and taps < FFT_WIDE_TAPS:
+    if low < FFT_WIDE_CHANNELS and taps < FFT_WIDE_TAPS:
         return None
     span = dilation * (taps - 1) + 1
     return max(FFT_MIN_SIZE, 1 << math.ceil(math.log2(4 * span)))
@@ -153,16 +153,16 @@ class Conv1d(nn.Module):
         self.stride = stride
         self.padding = padding
         self.dilation = dilation
-        self._cpu = (None, None)  # (weight it was built from, tap matrices or FFT spectrum)
+        self._cpu = (None, None, None)  # (weight it was built from, FFT size or None, tap matrices or spectrum)
 
     def _cpu_weight(self) -> list[mx.array] | mx.array:
         """The CPU arrangement of the weight: the FFT spectrum when ``fft_size`` says FFT pays, else tap matrices."""
-        if self._cpu[0] is not self.weight:
-            c_out, k, c_in = self.weight.shape
-            n = fft_size(c_in, c_out, k, self.dilation)
+        c_out, k, c_in = self.weight.shape
+        n = fft_size(c_in, c_out, k, self.dilation)
+        if self._cpu[0] is not self.weight or self._cpu[1] != n:
             arranged = _tap_matrices(self.weight) if n is None else fft_weight(self.weight, self.dilation, n)
-            self._cpu = (self.weight, arranged)
-        return self._cpu[1]
+            self._cpu = (self.weight, n, arranged)
+        return self._cpu[2]
 
     def __call__(self, x: mx.array) -> mx.array:
         bias = self.get("bias")

@@ -91,7 +91,6 @@ def exp_shifted_(scores: mx.array) -> mx.array:
     rows = view.reshape(-1, view.shape[-1])
     workers = max(1, min(os.cpu_count() or 1, view.size // MIN_BLOCK))
     bounds = np.linspace(0, rows.shape[0], workers + 1).astype(np.int64)
-
     step = max(1, CACHE_BLOCK // (4 * rows.shape[1]))
 
     def block(i: int) -> None:  # in cache-sized pieces: max, subtract and exp in one trip through memory
@@ -102,6 +101,31 @@ def exp_shifted_(scores: mx.array) -> mx.array:
 
     list(_POOL.map(block, range(workers)))
     return scores
+
+
+def column_moments(x: mx.array, block: int) -> tuple[mx.array, mx.array] | None:
+    """Per-column mean and (biased) variance of ``x (B, T, C)`` over axis 1, ``(B, 1, C)`` float32 each, or None
+    off the NumPy path. Rows are split over the CPU cores; each thread sums ``block`` rows at a time in float32 and
+    accumulates in float64, and the variance is a second pass over the deviations (no full-size temporaries)."""
+    if not _use_numpy():
+        return None
+    values = _evaluated(x.astype(mx.float32))
+    b, t, c = values.shape
+    workers = max(1, min(os.cpu_count() or 1, values.size // MIN_BLOCK))
+    bounds = np.linspace(0, t, workers + 1).astype(np.int64)
+
+    def pass_over(fn) -> np.ndarray:
+        def part(i: int) -> np.ndarray:
+            acc = np.zeros((b, c), dtype=np.float64)
+            for start in range(bounds[i], bounds[i + 1], block):
+                acc += fn(values[:, start : min(start + block, bounds[i + 1])])
+            return acc
+        return sum(_POOL.map(part, range(workers)))
+
+    mean = pass_over(lambda rows: rows.sum(axis=1)) / t
+    centre = mean.astype(np.float32)[:, None, :]
+    var = pass_over(lambda rows: np.square(rows - centre).sum(axis=1)) / t
+    return mx.array(mean[:, None, :].astype(np.float32)), mx.array(var[:, None, :].astype(np.float32))
 
 
 def softmax(x: mx.array, axis: int = -1) -> mx.array:
