@@ -129,7 +129,7 @@ def test_blocked_steps_allocate_no_length_proportional_temporaries(small_blocks)
         points, peaks["cut_points", n] = _traced_peak(pipeline.cut_points, x)
         assert len(points) == (1 if n == short else 10)
     block_bytes = SMALL_BLOCK * 8
-    print({k: v for k, v in peaks.items()})
+    print(peaks)
     for n in (short, long):  # high-pass: the float64 result plus a few blocks
         assert n * 8 <= peaks["high_pass", n] <= n * 8 + 8 * block_bytes, (n, peaks["high_pass", n])
     # rms mix and cut points: a few blocks / a few query windows, whatever the length

@@ -34,17 +34,21 @@ def _exp_block(src: np.ndarray, dst: np.ndarray) -> None:
         np.exp(src, out=dst)
 
 
+def _in_threads(fn, n: int, elements: int) -> list:
+    """``[fn(lo, hi), ...]`` over consecutive ranges that split ``range(n)``, one range per CPU core (fewer when
+    there are under ``MIN_BLOCK`` of the ``elements`` per thread); a single range runs in the calling thread."""
+    workers = max(1, min(os.cpu_count() or 1, elements // MIN_BLOCK, n))
+    if workers == 1:
+        return [fn(0, n)]
+    bounds = np.linspace(0, n, workers + 1).astype(np.int64)
+    return list(_POOL.map(lambda i: fn(int(bounds[i]), int(bounds[i + 1])), range(workers)))
+
+
 def numpy_exp(src: np.ndarray, dst: np.ndarray) -> None:
     """``dst = exp(src)`` for C-contiguous float32 arrays of one shape (``dst`` may be ``src``), split over
     the CPU cores in blocks."""
     src, dst = src.reshape(-1), dst.reshape(-1)
-    workers = min(os.cpu_count() or 1, src.size // MIN_BLOCK)
-    if workers <= 1:
-        _exp_block(src, dst)
-        return
-    bounds = np.linspace(0, src.size, workers + 1).astype(np.int64)
-    list(_POOL.map(lambda i: _exp_block(src[bounds[i] : bounds[i + 1]], dst[bounds[i] : bounds[i + 1]]),
-                   range(workers)))
+    _in_threads(lambda lo, hi: _exp_block(src[lo:hi], dst[lo:hi]), src.size, src.size)
 
 
 def exp(x: mx.array) -> mx.array:
@@ -89,17 +93,15 @@ def exp_shifted_(scores: mx.array) -> mx.array:
     if scores.dtype != mx.float32 or not (view.flags.c_contiguous and view.flags.writeable):
         return exp_shifted(scores)
     rows = view.reshape(-1, view.shape[-1])
-    workers = max(1, min(os.cpu_count() or 1, view.size // MIN_BLOCK))
-    bounds = np.linspace(0, rows.shape[0], workers + 1).astype(np.int64)
     step = max(1, CACHE_BLOCK // (4 * rows.shape[1]))
 
-    def block(i: int) -> None:  # in cache-sized pieces: max, subtract and exp in one trip through memory
-        for start in range(bounds[i], bounds[i + 1], step):
-            part = rows[start : min(start + step, bounds[i + 1])]
+    def block(lo: int, hi: int) -> None:  # in cache-sized pieces: max, subtract and exp in one trip through memory
+        for start in range(lo, hi, step):
+            part = rows[start : min(start + step, hi)]
             part -= part.max(axis=-1, keepdims=True)
             _exp_block(part, part)
 
-    list(_POOL.map(block, range(workers)))
+    _in_threads(block, rows.shape[0], rows.size)
     return scores
 
 
@@ -111,16 +113,15 @@ def column_moments(x: mx.array, block: int) -> tuple[mx.array, mx.array] | None:
         return None
     values = _evaluated(x.astype(mx.float32))
     b, t, c = values.shape
-    workers = max(1, min(os.cpu_count() or 1, values.size // MIN_BLOCK))
-    bounds = np.linspace(0, t, workers + 1).astype(np.int64)
 
     def pass_over(fn) -> np.ndarray:
-        def part(i: int) -> np.ndarray:
+        def part(lo: int, hi: int) -> np.ndarray:
             acc = np.zeros((b, c), dtype=np.float64)
-            for start in range(bounds[i], bounds[i + 1], block):
-                acc += fn(values[:, start : min(start + block, bounds[i + 1])])
+            for start in range(lo, hi, block):
+                acc += fn(values[:, start : min(start + block, hi)])
             return acc
-        return sum(_POOL.map(part, range(workers)))
+
+        return sum(_in_threads(part, t, values.size))
 
     mean = pass_over(lambda rows: rows.sum(axis=1)) / t
     centre = mean.astype(np.float32)[:, None, :]
