@@ -51,7 +51,7 @@ def test_functions_match_float64(exp_path):
 
 
 @pytest.mark.parametrize("exp_path", [True, False], indirect=True)
-def test_softmax_and_attention_match_float64(exp_path):
+def test_softmax_and_attention_match_float64(exp_path, monkeypatch):
     rng = np.random.default_rng(1)
     q, k, v = (rng.normal(size=(1, 3, 700, 16)).astype(np.float32) for _ in range(3))
     scale = 0.7
@@ -62,6 +62,9 @@ def test_softmax_and_attention_match_float64(exp_path):
     assert (np.abs(sm - w) / np.maximum(w, 1e-6)).max() < 5e-6  # float32 rounding of the scores themselves
     att = np.array(fastmath.attention(mx.array(q), mx.array(k), mx.array(v), scale))
     assert np.abs(att - w @ v.astype(np.float64)).max() < 2e-5
+    monkeypatch.setattr(fastmath, "SCORE_BLOCK_BYTES", 4 * 3 * 700 * 64)  # 64 query rows a block, the last ragged
+    blocked = np.array(fastmath.attention(mx.array(q), mx.array(k), mx.array(v), scale))
+    assert np.abs(blocked - w @ v.astype(np.float64)).max() < 2e-5
 
 
 def test_exp_shifted_leaves_its_input_alone():

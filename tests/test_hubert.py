@@ -364,3 +364,35 @@ def test_gelu_matches_exact_erf_gelu():
     # shapeless compile: other shapes and non-contiguous inputs give the same values
     x2, e2 = x[:400000].reshape(4, -1), exact[:400000].reshape(4, -1)
     assert np.abs(np.array(gelu(mx.array(x2)[:, ::3])) - e2[:, ::3]).max() <= 2e-6
+
+
+def _mlx_peak(fn, *args) -> int:
+    import mlx.core as mx
+
+    mx.clear_cache()
+    mx.reset_peak_memory()
+    fn(*args)
+    peak = mx.get_peak_memory()
+    mx.clear_cache()
+    return peak
+
+
+def test_blocked_feature_convs_and_attention_bound_memory(mlx_model, monkeypatch):
+    """Peak MLX memory grows with the input by conv 1's output (kept whole for its channel-norm statistics) and
+    a few (T, 3072) encoder activations: not by the full-rate temporaries of convs 2..7 (block by block) nor by
+    the T² attention scores (query blocks). Without the blocks it grows several times faster, so this can fail."""
+    from rvc_mlx.models import hubert as hubert_model
+    from rvc_mlx.nn import fastmath
+
+    monkeypatch.setattr(fastmath, "SCORE_BLOCK_BYTES", 4 << 20)  # several query blocks at these lengths
+    audio = {s: H.speech_like(s * 16000) for s in (4, 16)}
+    mlx_model.extract(audio[4][:16000])  # weights load lazily: the first call's peak would not count them all
+    peak = {s: _mlx_peak(mlx_model.extract, a) for s, a in audio.items()}
+    conv1 = 16000 // 5 * 512 * 4  # bytes of conv 1's output per second of audio
+    growth = (peak[16] - peak[4]) / 12
+    monkeypatch.setattr(hubert_model, "FEATURE_BLOCK", 1 << 30)
+    monkeypatch.setattr(fastmath, "SCORE_BLOCK_BYTES", 1 << 40)
+    whole = (_mlx_peak(mlx_model.extract, audio[16]) - peak[4]) / 12
+    print(f"growth {growth / conv1:.2f}, unblocked {whole / conv1:.2f} x conv 1's output per second")
+    assert growth <= 1.5 * conv1
+    assert whole >= 2 * growth

@@ -156,17 +156,24 @@ class FeatureConvLayer(nn.Module):
         if group_norm:
             self.layer_norm = ChannelNorm(out_dim)
 
+    def activate(self, x: mx.array, stats: tuple[mx.array, mx.array] | None = None) -> mx.array:
+        """The conv output's (optional) channel norm, with ``stats`` of the whole input, then GELU."""
+        return gelu(self.layer_norm(x, stats) if "layer_norm" in self else x)
+
     def __call__(self, x: mx.array) -> mx.array:
         """x: (B, N, C_in) -> (B, (N - k) // s + 1, C_out)."""
-        x = self.conv(x)
-        if "layer_norm" not in self:
-            return map_rows(gelu, x)
-        stats = self.layer_norm.statistics(x)
-        mx.eval(stats)
-        return map_rows(lambda block: gelu(self.layer_norm(block, stats)), x)
+        return self.activate(self.conv(x))
+
+
+FEATURE_BLOCK = 128  # output frames (~5 s) per block of feature convs 2..7
 
 
 class FeatureEncoder(nn.Module):
+    """Seven strided convs. The first runs over the whole input (its channel norm needs statistics over all of
+    time); the rest run block by block on windows of its output: output frame ``j`` of convs 2..7 depends on
+    rows ``[j·stride, j·stride + field)`` of conv 1's output, so the blocks are exact and the full-rate
+    temporaries (GELU output, im2col) are those of one block, whatever the input length."""
+
     def __init__(self, cfg: HubertConfig):
         super().__init__()
         dims = (1,) + tuple(cfg.conv_dim)
@@ -174,14 +181,27 @@ class FeatureEncoder(nn.Module):
             FeatureConvLayer(dims[i], dims[i + 1], k, s, group_norm=(i == 0))
             for i, (k, s) in enumerate(zip(cfg.conv_kernel, cfg.conv_stride))
         ]
+        self.stride, self.field = 1, 1  # of convs 2..7, in rows of conv 1's output
+        for k, s in zip(cfg.conv_kernel[1:], cfg.conv_stride[1:]):
+            self.field += (k - 1) * self.stride
+            self.stride *= s
 
     def __call__(self, audio: mx.array) -> mx.array:
         """audio: (B, N) -> (B, T, 512)."""
-        x = audio[:, :, None]
-        for layer in self.conv_layers:
-            x = layer(x)
-            mx.eval(x)  # layer by layer: one lazy graph keeps every full-rate temporary alive (~140 MB/s of audio)
-        return x
+        first, rest = self.conv_layers[0], self.conv_layers[1:]
+        x = first.conv(audio[:, :, None])
+        stats = first.layer_norm.statistics(x) if "layer_norm" in first else None
+        mx.eval(x, stats)
+        frames = max(0, (x.shape[1] - self.field) // self.stride + 1)
+        blocks = []
+        for start in range(0, frames, FEATURE_BLOCK):
+            stop = min(start + FEATURE_BLOCK, frames)
+            y = first.activate(x[:, start * self.stride : (stop - 1) * self.stride + self.field], stats)
+            for layer in rest:
+                y = layer(y)
+            mx.eval(y)
+            blocks.append(y)
+        return mx.concatenate(blocks, axis=1) if blocks else x[:, :0]
 
 
 class FeatureProjection(nn.Module):

@@ -24,7 +24,8 @@ import mlx.core as mx
 from ..backend import enabled, lane_blas, lanes, on_cpu
 
 IMPLS = ("auto", "gemm", "native")
-IM2COL_BLOCK_BYTES = 64 << 20  # im2col is built in row blocks of at most this size
+IM2COL_BLOCK_BYTES = 4 << 20  # im2col is built in row blocks of about this size (see _gemm_conv)
+MIN_GEMM_ROWS = 1024  # but at least this many im2col rows a block (few rows make a slow gemm)
 LANE_MIN_BYTES = 4 << 20  # smaller im2cols are not split over CPU lanes (the split costs more than it saves)
 
 
@@ -69,7 +70,7 @@ def _gemm_conv(xp: mx.array, kh: int, kw: int, matrix: mx.array, bias: mx.array 
     b, hp, wp, c = xp.shape
     ho, wo = hp - kh + 1, wp - kw + 1
     row_bytes = b * wo * kh * kw * c * xp.dtype.size
-    rows = max(1, min(ho, IM2COL_BLOCK_BYTES // max(row_bytes, 1)))
+    rows = min(ho, max(IM2COL_BLOCK_BYTES // max(row_bytes, 1), math.ceil(MIN_GEMM_ROWS / (b * wo))))
     streams = lanes() if ho * row_bytes >= LANE_MIN_BYTES else lanes()[:1]
     rows = min(rows, math.ceil(ho / len(streams)))
 

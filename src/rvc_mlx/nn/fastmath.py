@@ -21,6 +21,7 @@ import numpy as np
 from ..backend import enabled, on_cpu
 
 MIN_BLOCK = 1 << 18  # elements per thread below which one thread is faster
+SCORE_BLOCK_BYTES = 64 << 20  # attention scores evaluated at a time (query rows × keys × heads)
 CACHE_BLOCK = 256 << 10  # bytes of rows handled at a time by exp_shifted_ (stays in L2 between its passes)
 _POOL = ThreadPoolExecutor(os.cpu_count() or 1)  # threads start on first use
 
@@ -161,8 +162,18 @@ def tanh(x: mx.array) -> mx.array:
 
 
 def attention(q: mx.array, k: mx.array, v: mx.array, scale: float) -> mx.array:
-    """Unmasked scaled dot-product attention ``(B, H, T, d) x3 -> (B, H, T, d)``."""
+    """Unmasked scaled dot-product attention ``(B, H, T, d) x3 -> (B, H, T, d)``.
+
+    On the NumPy path the queries go in blocks whose scores fill about ``SCORE_BLOCK_BYTES``, each evaluated
+    before the next: memory stays flat in T instead of growing with T² (324 MB of scores at 52 s of audio)."""
     if not _use_numpy():
         return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale)
-    out, total = weighted_sum(exp_shifted_((q * scale) @ k.transpose(0, 1, 3, 2)), v)
-    return out / total
+    b, h, t, _ = q.shape
+    keys = k.transpose(0, 1, 3, 2)
+    rows = max(1, SCORE_BLOCK_BYTES // (4 * b * h * k.shape[2]))
+    outs = []
+    for start in range(0, t, rows):
+        out, total = weighted_sum(exp_shifted_((q[:, :, start : start + rows] * scale) @ keys), v)
+        outs.append(out / total)
+        mx.eval(outs[-1])
+    return mx.concatenate(outs, axis=2) if len(outs) > 1 else outs[0]
