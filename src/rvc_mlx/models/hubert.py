@@ -165,7 +165,7 @@ class FeatureConvLayer(nn.Module):
         return self.activate(self.conv(x))
 
 
-FEATURE_BLOCK = 128  # output frames (~5 s) per block of feature convs 2..7
+FEATURE_BLOCK = 128  # output frames (2.56 s) per block of feature convs 2..7
 
 
 class FeatureEncoder(nn.Module):

@@ -165,7 +165,7 @@ def attention(q: mx.array, k: mx.array, v: mx.array, scale: float) -> mx.array:
     """Unmasked scaled dot-product attention ``(B, H, T, d) x3 -> (B, H, T, d)``.
 
     On the NumPy path the queries go in blocks whose scores fill about ``SCORE_BLOCK_BYTES``, each evaluated
-    before the next: memory stays flat in T instead of growing with T² (324 MB of scores at 52 s of audio)."""
+    before the next: the scores held at once stay bounded instead of growing with T² (324 MB at 52 s of audio)."""
     if not _use_numpy():
         return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale)
     b, h, t, _ = q.shape
