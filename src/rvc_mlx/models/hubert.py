@@ -190,7 +190,7 @@ class FeatureEncoder(nn.Module):
         """audio: (B, N) -> (B, T, 512)."""
         first, rest = self.conv_layers[0], self.conv_layers[1:]
         x = first.conv(audio[:, :, None])
-        stats = first.layer_norm.statistics(x) if "layer_norm" in first else None
+        stats = first.layer_norm.statistics(x)  # layer 0 always has the channel norm
         mx.eval(x, stats)
         frames = max(0, (x.shape[1] - self.field) // self.stride + 1)
         blocks = []
