@@ -18,7 +18,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from rvc_mlx.cli import main
+from rvc_mlx.command import main
 from tests.reference import hubert_models, rmvpe_models, rvc_models
 from tests.reference.rvc_pipeline import ReferenceModels
 
@@ -98,7 +98,7 @@ def test_malicious_pth_is_refused_by_the_cli(tmp_path):
     torch.save({"weight": {"a": torch.ones(1)}, "x": Evil()}, evil)
     out = tmp_path / "out.safetensors"
     for argv in (["convert", evil, "-o", out], ["info", evil]):
-        proc = subprocess.run([sys.executable, "-m", "rvc_mlx.cli", *map(str, argv)], capture_output=True, text=True)
+        proc = subprocess.run([sys.executable, "-m", "rvc_mlx", *map(str, argv)], capture_output=True, text=True)
         assert proc.returncode != 0
         assert proc.stderr.strip().count("\n") == 0 and "refuses" in proc.stderr and "Traceback" not in proc.stderr
     assert not marker.exists() and not out.exists()
@@ -182,7 +182,7 @@ def test_infer_converts_pth_on_the_fly_and_caches_it(models, ref_cache, clip, tm
     out = tmp_path / "o.wav"
     argv = ["infer", "-i", clip, "-o", out, "-m", pth, "--hubert", models.hubert_path, "--deterministic"]
     assert _run(argv, capsys)[0] == 0
-    cached = list((tmp_path / "home" / "voices").glob("*.safetensors"))
+    cached = list((tmp_path / "home" / "cache" / "voices").glob("*.safetensors"))
     assert len(cached) == 1
     mtime = cached[0].stat().st_mtime_ns
     assert _run(argv, capsys)[0] == 0

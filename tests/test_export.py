@@ -10,7 +10,7 @@ import pytest
 from safetensors.numpy import load_file
 
 from rvc_mlx import export, parity, store
-from rvc_mlx.cli import main
+from rvc_mlx.command import main
 from rvc_mlx.errors import FormatError
 from rvc_mlx.pipeline import STAGES, ConversionOptions
 from rvc_mlx.retrieval import FeatureIndex

@@ -17,7 +17,7 @@ import pytest
 import soundfile as sf
 
 from rvc_mlx import parity, store
-from rvc_mlx.cli import main
+from rvc_mlx.command import main
 from rvc_mlx.pipeline import STAGES, ConversionOptions, VoiceConverter
 from tests.reference import hubert_models
 from tests.reference.reference_dump import reference_dump

@@ -151,7 +151,7 @@ def bench(spec: dict, runs: int) -> dict:
 
 
 def cmd_bench(args) -> int:
-    from .cli import load_converter_paths
+    from .service.args import paths_from_args
     from .hub import models_dir
 
     if args.runs < 1:
@@ -159,7 +159,7 @@ def cmd_bench(args) -> int:
     work = models_dir() / "bench"
     work.mkdir(parents=True, exist_ok=True)
     if args.model:
-        models = load_converter_paths(args)
+        models = paths_from_args(args).to_dict()
         f0_method = args.f0_method
     else:
         models = demo_models(models_dir() / "demo")

@@ -1,6 +1,7 @@
-"""The ``rvc-mlx`` command line: ``build_parser()`` + ``main()``; every subcommand calls library functions.
+"""The core ``rvc-mlx`` subcommands (convert, info, infer, batch, pitch, demo, download, voice, preset).
 
-User errors (``RvcMlxError``) print one line to stderr and exit 1, without a traceback.
+A front end: every subcommand calls the service layer or the library. ``rvc_mlx.command`` gathers these and the
+other front ends' subcommands into the one ``rvc-mlx`` command.
 """
 
 from __future__ import annotations
@@ -12,49 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
 from .errors import RvcMlxError
-
-# Facts shown by `info`, in order: (config key, label)
-INFO_FIELDS = (
-    ("kind", "kind"),
-    ("version", "version"),
-    ("sample_rate", "sample rate"),
-    ("use_f0", "f0"),
-    ("n_speakers", "speakers"),
-    ("feature_dim", "feature dim"),
-    ("vocoder", "vocoder"),
-    ("embedder", "embedder"),
-    ("model", "model"),
-)
-
-
-def model_facts(path: str | Path) -> dict:
-    """Facts about a converted file or a convertible checkpoint/directory (converted in memory, nothing written)."""
-    from . import store
-    from .convert import convert_file, parameter_count
-
-    path = Path(path)
-    if path.is_file() and path.suffix == ".safetensors":
-        config = store.read_config(path)
-        shapes = store.tensor_shapes(path)
-        facts = {k: config.get(k) for k, _ in INFO_FIELDS}
-        facts["parameters"] = sum(int(_prod(s)) for s in shapes.values())
-        facts["format"] = f"rvc-mlx {config.get('format_version')}"
-    else:
-        weights, config = convert_file(path)
-        facts = {k: config.get(k) for k, _ in INFO_FIELDS}
-        facts["parameters"] = parameter_count(weights)
-        facts["format"] = "torch checkpoint (not converted)" if path.is_file() else "transformers directory"
-    facts["source_sha256"] = config.get("source_sha256")
-    return facts
-
-
-def _prod(shape) -> int:
-    n = 1
-    for s in shape:
-        n *= int(s)
-    return n
+from .service.args import add_conversion_options, converter_from_args, options_from_args
+from .service import tasks
+from .service.voices import INFO_FIELDS, model_facts
 
 
 def cmd_convert(args) -> int:
@@ -90,86 +52,13 @@ def cmd_info(args) -> int:
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".m4a", ".aac", ".opus", ".aiff", ".aif", ".webm", ".mp4")
 
 
-def resolve_voice(path: str) -> Path:
-    """A converted voice file for ``path``: itself if already converted, else a cached conversion of the
-    ``.pth`` keyed by its content hash (converted once, reused afterwards)."""
-    from . import store
-    from .convert import convert_file, sha256_file
-    from .errors import FormatError
-    from .hub import models_dir
-
-    src = Path(path)
-    if not src.is_file():
-        raise RvcMlxError(f"{src}: voice model not found")
-    if src.suffix == ".safetensors":
-        return src
-    cached = models_dir() / "voices" / f"{src.stem}-{sha256_file(src)[:16]}.safetensors"
-    if cached.is_file():
-        try:
-            store.read_config(cached)
-            return cached
-        except FormatError:
-            pass  # damaged cache entry: convert again
-    weights, config = convert_file(src, kind="voice")
-    store.save(cached, weights, config)
-    return cached
-
-
-def options_from_args(args):
-    """ConversionOptions from the parsed flags (every option field has a flag of the same name)."""
-    from dataclasses import fields
-
-    from .pipeline import ConversionOptions
-
-    return ConversionOptions(**{f.name: getattr(args, f.name) for f in fields(ConversionOptions)}).validate()
-
-
-def load_converter_paths(args) -> dict:
-    """Model paths from the CLI's model options (base models from the models directory by default):
-    ``{"voice", "hubert", "rmvpe", "index"}``, each checked to exist (rmvpe/index may be None)."""
-    from . import store
-    from .hub import find_base_model
-
-    voice = resolve_voice(args.model)
-    config = store.read_config(voice)
-    if config["kind"] != "voice":
-        raise RvcMlxError(f"{voice}: is a {config['kind']} model, not a voice model")
-    hubert = Path(args.hubert) if args.hubert else find_base_model("hubert", config.get("embedder"))
-    rmvpe = None
-    if config.get("use_f0") and args.f0_method == "rmvpe":
-        rmvpe = Path(args.rmvpe) if args.rmvpe else find_base_model("rmvpe")
-    for p in (hubert, rmvpe):
-        if p is not None and not p.is_file():
-            raise RvcMlxError(f"{p}: model file not found")
-    if args.index and not Path(args.index).is_file():
-        raise RvcMlxError(f"{args.index}: index file not found")
-    return {"voice": str(voice), "hubert": str(hubert), "rmvpe": rmvpe and str(rmvpe), "index": args.index}
-
-
-def load_converter(args):
-    """Build a VoiceConverter from the CLI's model options."""
-    from .pipeline import VoiceConverter
-
-    return VoiceConverter.load(**load_converter_paths(args))
-
-
-def convert_one(converter, options, src: Path, out: Path, fmt: str | None) -> None:
-    from . import audio as audio_io
-
-    audio, sr = audio_io.read(src)
-    audio = audio_io.check(audio, sr, str(src))
-    result, out_sr = converter.convert(audio, sr, options)
-    audio_io.write(out, result, out_sr, fmt)
-
-
 def cmd_infer(args) -> int:
     src, out = Path(args.input), Path(args.output)
     if not src.is_file():
         raise RvcMlxError(f"{src}: input audio not found")
     fmt = args.format or (out.suffix.lstrip(".").lower() or "wav")
     options = options_from_args(args)
-    converter = load_converter(args)
-    convert_one(converter, options, src, out, fmt)
+    tasks.convert_file(converter_from_args(args, options), options, src, out, fmt)
     print(f"{out}: written")
     return 0
 
@@ -185,7 +74,7 @@ def cmd_batch(args) -> int:
         raise RvcMlxError(f"{in_dir}: no audio files found ({', '.join(AUDIO_SUFFIXES)})")
     fmt = args.format or "wav"
     options = options_from_args(args)
-    converter = load_converter(args)
+    converter = converter_from_args(args, options)
     failures, skipped, done = [], 0, 0
     for src in tqdm(files, desc="converting", unit="file", disable=args.quiet):
         out = out_dir / src.relative_to(in_dir).with_suffix(f".{fmt}")
@@ -193,7 +82,7 @@ def cmd_batch(args) -> int:
             skipped += 1
             continue
         try:
-            convert_one(converter, options, src, out, fmt)
+            tasks.convert_file(converter, options, src, out, fmt)
             done += 1
         except RvcMlxError as e:
             failures.append(str(e))
@@ -248,32 +137,67 @@ def cmd_demo(args) -> int:
     return 0
 
 
-def _add_conversion_options(p: argparse.ArgumentParser) -> None:
+def cmd_voice(args) -> int:
+    from .service.voices import VoiceLibrary
+
+    library = VoiceLibrary()
+    if args.action == "list":
+        voices = [v.to_dict() for v in library.list()]
+        if args.json:
+            print(json.dumps(voices, indent=2))
+        for v in [] if args.json else voices:
+            index = "index" if v["has_index"] else "no index"
+            print(f"{v['name']}: {v['version']} {v['sample_rate']} Hz, f0 {'yes' if v['use_f0'] else 'no'}, {index}")
+        if not voices and not args.json:
+            print(f"no voices in {library.root} (add one: rvc-mlx voice add VOICE.pth [--index FILE])")
+        return 0
+    if args.action == "add":
+        voice = library.add(args.target, name=args.name, index=args.index, replace=args.replace)
+        print(f"{voice.name}: added ({voice.version}, {voice.sample_rate} Hz{', with index' if voice.index else ''})")
+        return 0
+    if args.action == "remove":
+        library.remove(args.target)
+        print(f"{args.target}: removed")
+        return 0
+    print(json.dumps(library.get(args.target).to_dict(), indent=2))
+    return 0
+
+
+def cmd_preset(args) -> int:
+    from .service.args import given_options
+    from .service.db import Database
+    from .service.presets import PresetStore
+
+    presets = PresetStore(Database())
+    if args.action == "list":
+        for p in presets.list():
+            default = f" (default for {', '.join(p['default_for'])})" if p["default_for"] else ""
+            print(f"{p['name']}: {json.dumps(p['options'])}{default}")
+        return 0
+    if args.name is None:
+        raise RvcMlxError(f"preset {args.action}: a preset name is needed")
+    if args.action == "save":
+        options = given_options(args)
+        if not options:
+            raise RvcMlxError("preset save: give at least one option, e.g. --pitch 12 --index-rate 0.5")
+        print(f"{args.name}: {json.dumps(presets.save(args.name, options)['options'])}")
+    elif args.action == "delete":
+        presets.delete(args.name)
+        print(f"{args.name}: deleted")
+    elif args.action == "default":
+        if not args.voice:
+            raise RvcMlxError("preset default: name the voice with --voice")
+        presets.set_voice_default(args.voice, None if args.name == "none" else args.name)
+        print(f"{args.voice}: default preset {args.name}")
+    else:
+        print(json.dumps(presets.get(args.name), indent=2))
+    return 0
+
+
+def add_commands(sub) -> None:
+    """Register the core subcommands on the ``rvc-mlx`` command's subparsers."""
     from .f0 import METHOD_MODULES
-
-    p.add_argument("-m", "--model", required=True, help="voice model: RVC .pth or converted .safetensors")
-    p.add_argument("--pitch", type=float, default=0.0, help="transpose in semitones (default 0)")
-    p.add_argument("--f0-method", default="rmvpe", choices=sorted(METHOD_MODULES), help="pitch estimator")
-    p.add_argument("--index", help="faiss .index of the voice's training features")
-    p.add_argument("--index-rate", type=float, default=0.75, help="retrieval blend 0..1 (default 0.75)")
-    p.add_argument("--filter-radius", type=int, default=3, help="median filter for harvest when > 2 (default 3)")
-    p.add_argument("--rms-mix-rate", type=float, default=0.25, help="1 keeps the output's loudness (default 0.25)")
-    p.add_argument("--protect", type=float, default=0.33, help="protect unvoiced consonants 0..0.5 (default 0.33)")
-    p.add_argument("--resample-sr", type=int, default=0, help="output sample rate (0: the model's)")
-    p.add_argument("--sid", type=int, default=0, help="speaker id (default 0)")
-    p.add_argument("--f0-file", help="CSV of time,Hz replacing the estimated pitch")
-    p.add_argument("--autotune", type=float, default=0.0, help="snap pitch to semitones, strength 0..1")
-    p.add_argument("--hubert", help="converted HuBERT/ContentVec model (default: from the models directory)")
-    p.add_argument("--rmvpe", help="converted RMVPE model (default: from the models directory)")
-    p.add_argument("--format", choices=("wav", "flac", "ogg", "mp3"), help="output format (default: from name)")
-    p.add_argument("--deterministic", action="store_true", help="zero all synthesis noise (parity checks)")
-    p.add_argument("--seed", type=int, help="seed for the synthesis noise")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rvc-mlx", description="RVC voice conversion on Apple's MLX")
-    parser.add_argument("--version", action="version", version=f"rvc-mlx {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    from .service.args import add_option_flags
 
     p = sub.add_parser("convert", help="convert a .pth/.pt checkpoint (or HuBERT directory) to .safetensors")
     p.add_argument("input", help="RVC voice .pth, hubert_base.pt, rmvpe.pt, CREPE/FCPE weights, or a HF directory")
@@ -289,18 +213,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("infer", help="convert one audio file with a voice model")
     p.add_argument("-i", "--input", required=True, help="input audio file")
     p.add_argument("-o", "--output", required=True, help="output audio file")
-    _add_conversion_options(p)
+    add_conversion_options(p)
     p.set_defaults(func=cmd_infer)
 
     p = sub.add_parser("batch", help="convert every audio file in a folder")
     p.add_argument("input_dir")
     p.add_argument("output_dir")
-    _add_conversion_options(p)
+    add_conversion_options(p)
     p.add_argument("--overwrite", action="store_true", help="convert even when the output exists")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_batch)
-
-    from .f0 import METHOD_MODULES
 
     p = sub.add_parser("pitch", help="estimate the pitch (F0) of an audio file: CSV and an optional plot")
     p.add_argument("-i", "--input", required=True, help="input audio file")
@@ -322,25 +244,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="download and convert again")
     p.set_defaults(func=cmd_download)
 
-    from . import bench, export, parity
+    p = sub.add_parser("voice", help="the voice library ($RVC_MLX_HOME/voices): list, add, info, remove")
+    p.add_argument("action", choices=("list", "add", "info", "remove"))
+    p.add_argument("target", nargs="?", help="add: a .pth, .safetensors or .zip; info/remove: a voice name")
+    p.add_argument("--name", help="add: the voice's name (default: from the file name)")
+    p.add_argument("--index", help="add: the voice's .index")
+    p.add_argument("--replace", action="store_true", help="add: replace a voice of the same name")
+    p.add_argument("--json", action="store_true", help="list: print JSON")
+    p.set_defaults(func=_needs_target(cmd_voice, ("add", "info", "remove")))
 
-    parity.add_commands(sub)
-    export.add_commands(sub)
-    bench.add_commands(sub)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except RvcMlxError as e:
-        print(f"rvc-mlx: error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("rvc-mlx: interrupted", file=sys.stderr)
-        return 130
+    p = sub.add_parser("preset", help="named option sets: list, show, save NAME [options], delete, default")
+    p.add_argument("action", choices=("list", "show", "save", "delete", "default"))
+    p.add_argument("name", nargs="?", help="the preset ('default': the preset name, or none)")
+    p.add_argument("--voice", help="default: the library voice whose default preset this becomes")
+    add_option_flags(p)
+    p.set_defaults(func=cmd_preset)
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def _needs_target(func, actions):
+    def run(args):
+        if args.action in actions and not args.target:
+            raise RvcMlxError(f"voice {args.action}: name the {'file' if args.action == 'add' else 'voice'}")
+        return func(args)
+
+    return run

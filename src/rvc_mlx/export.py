@@ -313,27 +313,13 @@ def load_bundle(bundle, verify: bool = True):
 
 
 def cmd_export(args) -> int:
-    from . import store
-    from .cli import options_from_args, resolve_voice
-    from .hub import find_base_model
+    from .service.args import options_from_args, paths_from_args
 
     if args.target not in TARGETS:
         raise InputError(f"unknown export target {args.target!r} (known: {', '.join(TARGETS)})")
-    voice = resolve_voice(args.model)
-    config = store.read_config(voice)
-    if config["kind"] != "voice":
-        raise InputError(f"{voice}: is a {config['kind']} model, not a voice model")
-    hubert = Path(args.hubert) if args.hubert else find_base_model("hubert", config.get("embedder"))
-    rmvpe = None
-    if config.get("use_f0"):
-        rmvpe = Path(args.rmvpe) if args.rmvpe else find_base_model("rmvpe")
-    for p in (hubert, rmvpe):
-        if p is not None and not Path(p).is_file():
-            raise InputError(f"{p}: model file not found")
-    if args.index and not Path(args.index).is_file():
-        raise InputError(f"{args.index}: index file not found")
     options = options_from_args(args)
-    manifest = export_bundle(args.output, voice, hubert, rmvpe, args.index, fp16=args.fp16,
+    paths = paths_from_args(args, f0_method="rmvpe")  # the bundle carries RMVPE for every f0 voice
+    manifest = export_bundle(args.output, paths.voice, paths.hubert, paths.rmvpe, paths.index, fp16=args.fp16,
                              golden=not args.no_golden, options=options)
     n = sum(len(f["tensors"]) for f in manifest["files"].values())
     print(f"{args.output}: {len(manifest['files'])} model files ({n} tensors, {manifest['dtype']}), "
@@ -343,12 +329,12 @@ def cmd_export(args) -> int:
 
 def add_commands(sub) -> None:
     """Register ``export`` on the CLI's subparsers."""
-    from .cli import _add_conversion_options
+    from .service.args import add_conversion_options
 
     p = sub.add_parser("export", help="export a voice bundle for ports (iOS/Swift): models, manifest, golden dumps")
     p.add_argument("--target", default="ios", help="bundle target (only 'ios')")
     p.add_argument("-o", "--output", required=True, help="bundle directory to create (must be empty or absent)")
-    _add_conversion_options(p)
+    add_conversion_options(p)
     p.add_argument("--fp16", action="store_true", help="store float tensors as float16 (compute stays float32)")
     p.add_argument("--no-golden", action="store_true", help="skip the golden stage dumps")
     p.set_defaults(func=cmd_export)

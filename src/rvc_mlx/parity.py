@@ -492,7 +492,7 @@ def write_report(path: str | os.PathLike, cmp: Comparison, a: Dump, b: Dump) -> 
 
 def cmd_dump(args) -> int:
     from . import audio as audio_io
-    from .cli import load_converter, options_from_args
+    from .service.args import converter_from_args, options_from_args
 
     src = Path(args.input)
     if not src.is_file():
@@ -500,7 +500,7 @@ def cmd_dump(args) -> int:
     options = options_from_args(args)
     audio, sr = audio_io.read(src)
     audio = audio_io.check(audio, sr, str(src))
-    converter = load_converter(args)
+    converter = converter_from_args(args, options)
     stages, info = dump(converter, audio, sr, options)
     info["input"] = src.name
     save_dump(args.output, stages, info)
@@ -520,12 +520,12 @@ def cmd_compare(args) -> int:
 
 def add_commands(sub) -> None:
     """Register ``dump`` and ``compare`` on the CLI's subparsers."""
-    from .cli import _add_conversion_options
+    from .service.args import add_conversion_options
 
     p = sub.add_parser("dump", help="run a conversion and save every pipeline stage (parity with ports)")
     p.add_argument("-i", "--input", required=True, help="input audio file")
     p.add_argument("-o", "--output", required=True, help="stage dump to write (.safetensors)")
-    _add_conversion_options(p)
+    add_conversion_options(p)
     p.set_defaults(func=cmd_dump)
 
     p = sub.add_parser("compare", help="compare two stage dumps; exit 2 and name the first divergent stage")

@@ -17,13 +17,13 @@ from __future__ import annotations
 import itertools
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 import mlx.core as mx
 import numpy as np
 
 from . import audio as audio_io
 from .errors import InputError
+from .options import ConversionOptions  # noqa: F401  (re-exported: the pipeline's public options)
 
 SAMPLE_RATE = 16000  # HuBERT and every F0 estimator work at 16 kHz
 WINDOW = 160  # samples per F0 frame (100 fps)
@@ -37,6 +37,9 @@ HIGH_PASS_ORDER = 5
 HIGH_PASS_HZ = 48
 PROTECT_OFF = 0.5  # protect >= 0.5 disables the protection of unvoiced frames
 BLOCK = 1 << 20  # samples per block of the length-proportional steps (high-pass, rms mix): bounds their temporaries
+
+# Stages reported to ``VoiceConverter.convert(..., progress=callback)``, in order (f0 only for f0 voices)
+PROGRESS_STAGES = ("f0", "convert", "post")
 
 # Stages recorded by ``VoiceConverter.convert(..., trace=dict)``: name -> (axes, meaning)
 STAGES = {
@@ -55,41 +58,6 @@ STAGES = {
     "generator": ("samples", "decoder output at the model rate, before trimming the pads"),
     "audio": ("samples", "final output (trimmed, rms-mixed, resampled, peak-normalised)"),
 }
-
-
-@dataclass(frozen=True)
-class ConversionOptions:
-    """What a user chooses per conversion. Defaults are rvc==0.3.5's ``rvc infer`` defaults."""
-
-    pitch: float = 0.0  # semitones
-    f0_method: str = "rmvpe"
-    index_rate: float = 0.75
-    filter_radius: int = 3
-    rms_mix_rate: float = 0.25
-    protect: float = 0.33
-    resample_sr: int = 0  # 0: keep the model's rate
-    sid: int = 0
-    f0_file: str | None = None  # CSV of time(s),Hz replacing the estimated F0 from the start of the audio
-    autotune: float = 0.0  # 0: off; 0..1 strength of snapping to the semitone grid
-    deterministic: bool = False  # zero all synthesizer noise (for parity checks)
-    seed: int | None = None  # seed for the synthesizer noise when not deterministic
-
-    def validate(self) -> "ConversionOptions":
-        if not 0.0 <= self.index_rate <= 1.0:
-            raise InputError(f"index rate must be within 0..1, got {self.index_rate}")
-        if not 0.0 <= self.rms_mix_rate <= 1.0:
-            raise InputError(f"rms mix rate must be within 0..1, got {self.rms_mix_rate}")
-        if not 0.0 <= self.protect <= 0.5:
-            raise InputError(f"protect must be within 0..0.5, got {self.protect}")
-        if not 0.0 <= self.autotune <= 1.0:
-            raise InputError(f"autotune strength must be within 0..1, got {self.autotune}")
-        if not -48 <= self.pitch <= 48:
-            raise InputError(f"pitch shift must be within -48..48 semitones, got {self.pitch}")
-        if self.filter_radius < 0:
-            raise InputError(f"filter radius must be >= 0, got {self.filter_radius}")
-        if self.resample_sr and self.resample_sr < 0:
-            raise InputError(f"resample rate must be >= 0, got {self.resample_sr}")
-        return self
 
 
 # -- steps ------------------------------------------------------------------------------------------------------
@@ -377,13 +345,15 @@ class VoiceConverter:
         return audio
 
     def convert(self, audio: np.ndarray, sr: int, options: ConversionOptions | None = None, trace=None,
-                timings=None):
+                timings=None, progress=None):
         """Convert mono float audio at ``sr``. Returns ``(audio float32 in [-1, 1], sample_rate)``.
 
         ``trace``: optional dict that receives every stage (``STAGES``); pieces of long audio are recorded as
         ``name`` for the first piece and ``name.<i>`` for piece i > 0. ``timings``: optional dict that
-        accumulates seconds per stage (hubert, f0, retrieval, synthesis, post)."""
+        accumulates seconds per stage (hubert, f0, retrieval, synthesis, post). ``progress``: optional
+        ``callback(stage, fraction)`` called as each of ``PROGRESS_STAGES`` starts (0.0), advances and ends (1.0)."""
         options = (options or ConversionOptions()).validate()
+        report = progress or (lambda stage, fraction: None)
         cfg = self.synthesizer.config
         if not 0 <= options.sid < cfg.n_speakers:
             raise InputError(f"speaker id {options.sid} is out of range: this model has {cfg.n_speakers} speaker(s)")
@@ -400,14 +370,17 @@ class VoiceConverter:
         del audio16k
         pitch = f0 = None
         if cfg.use_f0:
+            report("f0", 0.0)
             with timed(timings, "f0"):
                 pitch, f0 = self.f0(padded, options)
+            report("f0", 1.0)
             record("f0", f0)
             record("pitch", pitch)
             mx.clear_cache()  # MLX keeps freed buffers for reuse; return the F0 network's to the system
         trim = cfg.sample_rate * X_PAD
         pieces = []
         for i, (start, end, f_start, f_end) in enumerate(pieces_plan):
+            report("convert", i / len(pieces_plan))
             p = f = None
             if cfg.use_f0:
                 p, f = pitch[f_start:f_end], f0[f_start:f_end]
@@ -419,6 +392,8 @@ class VoiceConverter:
             for name, value in (piece_trace or {}).items():
                 record(name if i == 0 else f"{name}.{i}", value)
         del padded
+        report("convert", 1.0)
+        report("post", 0.0)
         with timed(timings, "post"):
             out = np.concatenate(pieces) if len(pieces) > 1 else pieces[0]
             pieces.clear()
@@ -430,4 +405,5 @@ class VoiceConverter:
                 out, out_sr = audio_io.resample(out, cfg.sample_rate, options.resample_sr), options.resample_sr
             out = peak_normalise(out)
         record("audio", out)
+        report("post", 1.0)
         return out, out_sr

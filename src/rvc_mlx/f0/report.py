@@ -56,3 +56,24 @@ def plot(path: str | os.PathLike, audio16k: np.ndarray, f0: np.ndarray, title: s
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
     plt.close(fig)
+
+
+def plot_contours(path: str | os.PathLike, contours: dict[str, np.ndarray], title: str = "") -> None:
+    """PNG of several voiced F0 contours (label -> f0 at 100 fps) on one time axis, e.g. input and output."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(12, 3.5), dpi=100)
+    for label, f0 in contours.items():
+        f0 = np.asarray(f0, dtype=np.float64)
+        ax.plot(np.arange(len(f0)) * FRAME_SECONDS, np.where(f0 > 0, f0, np.nan), linewidth=1.4, label=label)
+    ax.set_xlabel("time (s)")
+    ax.set_ylabel("F0 (Hz)")
+    ax.set_title(title or "pitch contours")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper right")
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+    plt.close(fig)

@@ -1,0 +1,81 @@
+"""Command-line plumbing shared by every command that converts (infer, batch, dump, export, bench, ...).
+
+The conversion flags are generated from ``rvc_mlx.options`` (one flag per ``ConversionOptions`` field, same
+ranges, defaults and help as the web UI and the HTTP API). Flags default to "not given", so that a ``--preset``
+(or the voice's default preset) can supply a value that an explicit flag still overrides.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from ..options import ConversionOptions, option_specs
+from .models import ModelPaths, resolve_models
+
+
+def add_conversion_options(p: argparse.ArgumentParser, model_required: bool = True) -> None:
+    """``-m/--model``, every ``ConversionOptions`` flag, ``--preset``, and the base-model paths."""
+    p.add_argument("-m", "--model", required=model_required,
+                   help="voice: a name from the voice library, an RVC .pth or a converted .safetensors")
+    p.add_argument("--index", help="faiss .index of the voice's training features (library voices: their own)")
+    p.add_argument("--no-index", action="store_true", help="do not use the library voice's own index")
+    add_option_flags(p)
+    p.add_argument("--preset", help="named option set (rvc-mlx preset list); flags given here override it")
+    p.add_argument("--hubert", help="converted HuBERT/ContentVec model (default: from the models directory)")
+    p.add_argument("--rmvpe", help="converted RMVPE model (default: from the models directory)")
+    p.add_argument("--format", choices=("wav", "flac", "ogg", "mp3"), help="output format (default: from name)")
+
+
+def add_option_flags(p: argparse.ArgumentParser) -> None:
+    for s in option_specs():
+        help_text = s.param.help
+        if s.type is bool:
+            p.add_argument(s.flag, dest=s.name, action="store_true", default=None, help=help_text)
+            continue
+        if s.param.lo is not None and s.param.hi is not None:
+            help_text += f"; {_num(s.param.lo)}..{_num(s.param.hi)}"
+        if s.default is not None:
+            help_text += f" (default {_num(s.default) if s.type is not str else s.default})"
+        p.add_argument(s.flag, dest=s.name, type=s.type, default=None, choices=s.param.choices,
+                       metavar=None if s.param.choices else s.name.upper(), help=help_text)
+
+
+def _num(x) -> str:
+    return str(int(x)) if isinstance(x, (int, float)) and float(x).is_integer() else str(x)
+
+
+def given_options(args: argparse.Namespace) -> dict:
+    """The option flags the user gave (name -> value)."""
+    return {s.name: getattr(args, s.name) for s in option_specs() if getattr(args, s.name, None) is not None}
+
+
+def options_from_args(args: argparse.Namespace) -> ConversionOptions:
+    """ConversionOptions from the flags, over ``--preset`` and the library voice's default preset."""
+    from .presets import PresetStore
+    from .voices import VoiceLibrary
+
+    given = given_options(args)
+    preset = getattr(args, "preset", None)
+    model = getattr(args, "model", None)
+    library_voice = model if model and VoiceLibrary().exists(model) else None
+    if preset is None and library_voice is None:
+        from ..options import parse_options
+
+        return parse_options(given)
+    from .db import Database
+
+    return PresetStore(Database()).resolve(voice=library_voice, preset=preset, options=given)
+
+
+def paths_from_args(args: argparse.Namespace, f0_method: str | None = None) -> ModelPaths:
+    """The model files named by ``-m/--index/--hubert/--rmvpe`` (base models from the models directory);
+    RMVPE is looked up when ``f0_method`` (default: ``--f0-method``, else rmvpe) needs it."""
+    f0_method = f0_method or getattr(args, "f0_method", None) or "rmvpe"
+    return resolve_models(args.model, hubert=args.hubert, rmvpe=args.rmvpe, index=args.index, f0_method=f0_method,
+                          use_index=not getattr(args, "no_index", False))
+
+
+def converter_from_args(args: argparse.Namespace, options: ConversionOptions):
+    from ..pipeline import VoiceConverter
+
+    return VoiceConverter.load(**paths_from_args(args, options.f0_method).to_dict())

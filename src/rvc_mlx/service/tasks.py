@@ -1,0 +1,260 @@
+"""The work behind every front end: convert a file, a batch, estimate pitch, download a base model, add a voice.
+
+``convert_file`` is what ``rvc-mlx infer`` and the server both run, so their outputs are the same bytes.
+``run(kind, request, job_dir, context, progress)`` runs one job's request (JSON, paths relative to the job's
+folder) and returns its result (JSON); it is what the worker process calls. Progress is reported as
+``progress({"stage", "fraction", "overall"})``.
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ..errors import InputError, RvcMlxError
+from ..options import ConversionOptions, parse_options
+from .cache import ConverterCache
+from .models import resolve_models
+from .voices import VoiceLibrary
+
+Emit = Callable[[dict], None]
+WRITE_FORMATS = ("wav", "flac", "ogg", "mp3")
+PITCH_FORMATS = ("csv", "json")
+# share of a conversion's time per stage (for one overall fraction); measured roughly on 30 s of speech
+CONVERT_WEIGHTS = {"load": 0.05, "f0": 0.15, "convert": 0.72, "post": 0.03, "write": 0.05}
+
+
+class StageProgress:
+    """Turns ``(stage, fraction)`` reports into ``{"stage", "fraction", "overall"}`` events, where overall
+    runs over ``span`` of the whole job by the stage ``weights``."""
+
+    def __init__(self, emit: Emit | None, weights: dict[str, float], span: tuple[float, float] = (0.0, 1.0),
+                 label: str | None = None):
+        self.emit, self.weights, self.span, self.label = emit, weights, span, label
+        self.total = sum(weights.values())
+
+    def __call__(self, stage: str, fraction: float) -> None:
+        if self.emit is None:
+            return
+        before = 0.0
+        for name, w in self.weights.items():
+            if name == stage:
+                break
+            before += w
+        share = (before + self.weights.get(stage, 0.0) * min(max(fraction, 0.0), 1.0)) / self.total
+        lo, hi = self.span
+        event = {"stage": stage, "fraction": round(fraction, 4), "overall": round(lo + (hi - lo) * share, 4)}
+        if self.label:
+            event["item"] = self.label
+        self.emit(event)
+
+
+def convert_file(converter, options: ConversionOptions, src: Path, out: Path, fmt: str | None = None,
+                 progress: Callable[[str, float], None] | None = None, want_f0: bool = False) -> dict:
+    """Read ``src``, convert it, write ``out`` (atomically) in ``fmt`` (default: from its name).
+    Returns ``{"sample_rate", "seconds"}`` (plus ``"f0_in"``, ``"f0_out"`` contours when ``want_f0``)."""
+    from .. import audio as audio_io
+
+    report = progress or (lambda stage, fraction: None)
+    fmt = (fmt or out.suffix.lstrip(".") or "wav").lower()
+    if fmt not in WRITE_FORMATS:
+        raise InputError(f"{out}: cannot write format {fmt!r} (choose from {', '.join(WRITE_FORMATS)})")
+    audio, sr = audio_io.read(src)
+    audio = audio_io.check(audio, sr, str(src))
+    result, out_sr = converter.convert(audio, sr, options, progress=report)
+    report("write", 0.0)
+    audio_io.write(out, result, out_sr, fmt)
+    report("write", 1.0)
+    info = {"sample_rate": int(out_sr), "seconds": round(result.shape[0] / out_sr, 3)}
+    if want_f0:
+        info["f0_in"], info["f0_out"] = contours(converter, options, audio, sr, result, out_sr)
+    return info
+
+
+def contours(converter, options: ConversionOptions, audio, sr: int, result, out_sr: int):
+    """F0 of the input (shifted by the pitch option, as the voice was asked to sing) and of the output, both
+    with the conversion's F0 method (pm for voices without pitch), at 100 fps."""
+    from .. import audio as audio_io
+    from ..f0 import F0Options, estimate
+    from ..f0.postprocess import shift
+
+    method = options.f0_method if converter.synthesizer.config.use_f0 else "pm"
+    opts = F0Options(rmvpe_path=converter.f0_models.get("rmvpe"))
+    if method == "rmvpe" and not opts.rmvpe_path:
+        method = "pm"
+    f0_in = shift(estimate(method, audio_io.resample(audio, sr, 16000), opts), options.pitch)
+    f0_out = estimate(method, audio_io.resample(result, out_sr, 16000), opts)
+    return np.asarray(f0_in, np.float32), np.asarray(f0_out, np.float32)
+
+
+# -- jobs ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Context:
+    """What a task may use: the voice library, the converter cache, and the models directory."""
+
+    library: VoiceLibrary = field(default_factory=VoiceLibrary)
+    cache: ConverterCache = field(default_factory=ConverterCache)
+
+
+def job_path(job_dir: Path, rel: str) -> Path:
+    """``rel`` inside ``job_dir`` (requests name files relative to their job's folder, never elsewhere)."""
+    path = (job_dir / rel).resolve()
+    if not isinstance(rel, str) or job_dir.resolve() not in path.parents:
+        raise InputError(f"{rel!r}: not a file of this job")
+    return path
+
+
+def _options(request: dict, job_dir: Path) -> ConversionOptions:
+    values = dict(request.get("options") or {})
+    if values.get("f0_file"):
+        values["f0_file"] = str(job_path(job_dir, values["f0_file"]))
+    return parse_options(values)
+
+
+def _converter(request: dict, options: ConversionOptions, ctx: Context):
+    paths = resolve_models(request["voice"], f0_method=options.f0_method, use_index=request.get("use_index", True),
+                           library=ctx.library)
+    return ctx.cache.converter(paths), paths
+
+
+def output_name(input_name: str, fmt: str) -> str:
+    return f"{Path(input_name).stem or 'audio'}.{fmt}"
+
+
+def task_convert(request: dict, job_dir: Path, ctx: Context, emit: Emit | None) -> dict:
+    fmt = request.get("format", "wav")
+    options = _options(request, job_dir)
+    progress = StageProgress(emit, CONVERT_WEIGHTS)
+    progress("load", 0.0)
+    converter, paths = _converter(request, options, ctx)
+    progress("load", 1.0)
+    src = job_path(job_dir, request["inputs"][0])
+    name = output_name(request.get("input_names", [src.name])[0], fmt)
+    out = job_dir / "output" / name
+    info = convert_file(converter, options, src, out, fmt, progress, want_f0=bool(request.get("pitch_plot")))
+    files = [{"name": name, "path": f"output/{name}", "format": fmt, **info_fields(info)}]
+    if request.get("pitch_plot"):
+        from ..f0.report import plot_contours
+
+        plot_contours(job_dir / "output" / "pitch.png", {"input (shifted)": info["f0_in"], "output": info["f0_out"]},
+                      title=f"pitch: {name}")
+        files.append({"name": "pitch.png", "path": "output/pitch.png", "format": "png"})
+    return {"files": files, "voice": request["voice"], "options": options.to_dict(), "index": bool(paths.index)}
+
+
+def info_fields(info: dict) -> dict:
+    return {k: v for k, v in info.items() if k in ("sample_rate", "seconds")}
+
+
+def task_batch(request: dict, job_dir: Path, ctx: Context, emit: Emit | None) -> dict:
+    fmt = request.get("format", "wav")
+    options = _options(request, job_dir)
+    converter, paths = _converter(request, options, ctx)
+    inputs = request["inputs"]
+    names = request.get("input_names", [Path(p).name for p in inputs])
+    out_dir = job_dir / "output" / "converted"
+    done, failed, used = [], [], set()
+    for i, (rel, shown) in enumerate(zip(inputs, names)):
+        progress = StageProgress(emit, CONVERT_WEIGHTS, (i / len(inputs), (i + 1) / len(inputs)), label=shown)
+        name = output_name(shown, fmt)
+        while name in used:  # two inputs with one stem (a.wav, a.flac): keep both
+            name = f"{Path(name).stem}-{len(used)}.{fmt}"
+        used.add(name)
+        try:
+            convert_file(converter, options, job_path(job_dir, rel), out_dir / name, fmt, progress)
+            done.append(name)
+        except RvcMlxError as e:
+            failed.append({"input": shown, "error": str(e).replace(str(job_path(job_dir, rel)), shown)})
+    if not done:
+        raise InputError(f"batch: no file could be converted ({failed[0]['error']})" if failed else "batch: no files")
+    archive = job_dir / "output" / "converted.zip"
+    tmp = archive.with_suffix(".zip.part")
+    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
+        for name in done:
+            z.write(out_dir / name, name)
+    tmp.replace(archive)
+    files = [{"name": "converted.zip", "path": "output/converted.zip", "format": "zip"}]
+    files += [{"name": n, "path": f"output/converted/{n}", "format": fmt} for n in done]
+    return {"files": files, "voice": request["voice"], "options": options.to_dict(), "converted": len(done),
+            "failed": failed, "index": bool(paths.index)}
+
+
+def task_pitch(request: dict, job_dir: Path, ctx: Context, emit: Emit | None) -> dict:
+    from .. import audio as audio_io
+    from ..f0 import F0Options, estimate
+    from ..f0 import report
+    from ..hub import find_base_model
+
+    method = request.get("method", "rmvpe")
+    fmt = request.get("format", "csv")
+    if fmt not in PITCH_FORMATS:
+        raise InputError(f"unknown pitch format {fmt!r} (choose from {', '.join(PITCH_FORMATS)})")
+    parse_options({"f0_method": method})  # the same method names as conversions
+    if emit:
+        emit({"stage": "f0", "fraction": 0.0, "overall": 0.0})
+    src = job_path(job_dir, request["inputs"][0])
+    audio = audio_io.load(src, 16000)
+    rmvpe = str(find_base_model("rmvpe")) if method == "rmvpe" else None
+    f0 = estimate(method, audio, F0Options(rmvpe_path=rmvpe))
+    out = job_dir / "output" / f"f0.{fmt}"
+    if fmt == "csv":
+        report.write_csv(out, f0)
+    else:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(pitch_json(f0)))
+    if emit:
+        emit({"stage": "f0", "fraction": 1.0, "overall": 1.0})
+    voiced = f0[f0 > 0]
+    return {"files": [{"name": out.name, "path": f"output/{out.name}", "format": fmt}], "method": method,
+            "frames": int(f0.shape[0]), "voiced": int(voiced.shape[0]),
+            "median_hz": round(float(np.median(voiced)), 3) if voiced.size else None}
+
+
+def pitch_json(f0: np.ndarray) -> dict:
+    from ..f0 import HOP, SAMPLE_RATE
+
+    return {"frame_seconds": HOP / SAMPLE_RATE, "f0": [round(float(x), 3) for x in f0]}
+
+
+def task_download(request: dict, job_dir: Path, ctx: Context, emit: Emit | None) -> dict:
+    from ..hub import BASE_MODELS, download
+
+    name = request["name"]
+    if name not in BASE_MODELS:
+        raise InputError(f"unknown base model {name!r} (choose from {', '.join(BASE_MODELS)})")
+    if emit:
+        emit({"stage": "download", "fraction": 0.0, "overall": 0.0})
+    path = download(name, force=bool(request.get("force")))
+    if emit:
+        emit({"stage": "download", "fraction": 1.0, "overall": 1.0})
+    return {"name": name, "kind": BASE_MODELS[name].kind, "bytes": path.stat().st_size, "files": []}
+
+
+def task_add_voice(request: dict, job_dir: Path, ctx: Context, emit: Emit | None) -> dict:
+    model = job_path(job_dir, request["model"])
+    index = job_path(job_dir, request["index"]) if request.get("index") else None
+    voice = ctx.library.add(model, name=request.get("name"), index=index,
+                            source_name=request.get("model_name"), replace=bool(request.get("replace")))
+    return {"voice": voice.to_dict(), "files": []}
+
+
+TASKS = {
+    "convert": task_convert,
+    "batch": task_batch,
+    "pitch": task_pitch,
+    "download": task_download,
+    "add-voice": task_add_voice,
+}
+
+
+def run(kind: str, request: dict, job_dir: Path, ctx: Context, emit: Emit | None = None) -> dict:
+    if kind not in TASKS:
+        raise InputError(f"unknown job kind {kind!r}")
+    return TASKS[kind](request, Path(job_dir), ctx, emit)
