@@ -191,9 +191,10 @@ def probe_seconds(path: Path) -> float:
     return audio.shape[0] / sr
 
 
-def save_audio_input(svc, upload: UploadFile, job_dir: Path, slot: str) -> tuple[str, str]:
+def save_audio_input(svc, upload: UploadFile, job_dir: Path, slot: str, strict: bool = True) -> tuple[str, str]:
     """Save one uploaded audio file into the job as ``input/<slot><suffix>``; checks it is audio within the
-    duration cap. Returns (path relative to the job, the client's name)."""
+    duration cap (``strict=False``: a file that does not decode is kept, for the job to report it).
+    Returns (path relative to the job, the client's name)."""
     name = upload_name(upload, f"{slot}.wav")
     suffix = Path(name).suffix.lower()[:8] if Path(name).suffix.isascii() else ""
     rel = f"input/{slot}{suffix}"
@@ -201,6 +202,8 @@ def save_audio_input(svc, upload: UploadFile, job_dir: Path, slot: str) -> tuple
     try:
         seconds = probe_seconds(path)
     except AudioError as e:
+        if not strict:
+            return rel, name
         raise AudioError(str(e).replace(path.name, name)) from None
     if seconds > svc.settings.max_seconds:
         raise TooLarge(f"{name}: audio is {seconds:.0f} s long; this server takes at most "
@@ -348,7 +351,7 @@ def _submit_batch(svc, files, voice, preset, fmt, use_index, values) -> dict:
         options = _resolve_options(svc, voice, preset, values).to_dict()
         inputs, names = [], []
         for i, upload in enumerate(files):
-            rel, name = save_audio_input(svc, upload, job_dir, f"{i:04d}")
+            rel, name = save_audio_input(svc, upload, job_dir, f"{i:04d}", strict=False)
             inputs.append(rel)
             names.append(name)
         request = {"voice": voice, "preset": preset, "options": options, "format": fmt, "inputs": inputs,

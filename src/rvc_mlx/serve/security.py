@@ -108,29 +108,38 @@ class SecurityMiddleware:
         return any(c and hmac.compare_digest(c.encode(), self.token) for c in candidates)
 
     async def _capped(self, scope, receive, send, limit: int):
+        """Run the app with the body counted; past ``limit`` the read fails and the client gets 413, whatever
+        the app made of the failed read (FastAPI turns body errors into its own 400)."""
         seen = 0
-        started = False
+        exceeded = started = False
+        message_413 = f"request body is over the {self.settings.max_upload_mb:g} MB limit"
 
         async def counting_receive():
-            nonlocal seen
+            nonlocal seen, exceeded
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > limit:
-                    raise TooLarge(f"request body is over the {self.settings.max_upload_mb:g} MB limit")
+                    exceeded = True
+                    raise TooLarge(message_413)
             return message
 
-        async def tracking_send(message):
+        async def guarded_send(message):
             nonlocal started
+            if exceeded:
+                if not started:
+                    started = True
+                    await _reply(send, 413, "too_large", message_413)
+                return
             if message["type"] == "http.response.start":
                 started = True
             await send(message)
 
         try:
-            await self.app(scope, counting_receive, tracking_send)
-        except TooLarge as e:
+            await self.app(scope, counting_receive, guarded_send)
+        except TooLarge:
             if not started:
-                await _reply(send, 413, "too_large", str(e))
+                await _reply(send, 413, "too_large", message_413)
 
     async def _login(self, scope, receive, send, method: str):
         if method != "POST":

@@ -136,9 +136,13 @@ def task_convert(request: dict, job_dir: Path, ctx: Context, emit: Emit | None) 
     converter, paths = _converter(request, options, ctx)
     progress("load", 1.0)
     src = job_path(job_dir, request["inputs"][0])
-    name = output_name(request.get("input_names", [src.name])[0], fmt)
+    shown = request.get("input_names", [src.name])[0]
+    name = output_name(shown, fmt)
     out = job_dir / "output" / name
-    info = convert_file(converter, options, src, out, fmt, progress, want_f0=bool(request.get("pitch_plot")))
+    try:
+        info = convert_file(converter, options, src, out, fmt, progress, want_f0=bool(request.get("pitch_plot")))
+    except RvcMlxError as e:
+        raise renamed(e, src, shown) from None
     files = [{"name": name, "path": f"output/{name}", "format": fmt, **info_fields(info)}]
     if request.get("pitch_plot"):
         from ..f0.report import plot_contours
@@ -147,6 +151,11 @@ def task_convert(request: dict, job_dir: Path, ctx: Context, emit: Emit | None) 
                       title=f"pitch: {name}")
         files.append({"name": "pitch.png", "path": "output/pitch.png", "format": "png"})
     return {"files": files, "voice": request["voice"], "options": options.to_dict(), "index": bool(paths.index)}
+
+
+def renamed(error: RvcMlxError, path: Path, shown: str) -> RvcMlxError:
+    """The same error naming the file as the client named it (uploads are stored under job paths)."""
+    return type(error)(str(error).replace(str(path), shown))
 
 
 def info_fields(info: dict) -> dict:
@@ -171,7 +180,7 @@ def task_batch(request: dict, job_dir: Path, ctx: Context, emit: Emit | None) ->
             convert_file(converter, options, job_path(job_dir, rel), out_dir / name, fmt, progress)
             done.append(name)
         except RvcMlxError as e:
-            failed.append({"input": shown, "error": str(e).replace(str(job_path(job_dir, rel)), shown)})
+            failed.append({"input": shown, "error": str(renamed(e, job_path(job_dir, rel), shown))})
     if not done:
         raise InputError(f"batch: no file could be converted ({failed[0]['error']})" if failed else "batch: no files")
     archive = job_dir / "output" / "converted.zip"
@@ -200,7 +209,10 @@ def task_pitch(request: dict, job_dir: Path, ctx: Context, emit: Emit | None) ->
     if emit:
         emit({"stage": "f0", "fraction": 0.0, "overall": 0.0})
     src = job_path(job_dir, request["inputs"][0])
-    audio = audio_io.load(src, 16000)
+    try:
+        audio = audio_io.load(src, 16000)
+    except RvcMlxError as e:
+        raise renamed(e, src, request.get("input_names", [src.name])[0]) from None
     rmvpe = str(find_base_model("rmvpe")) if method == "rmvpe" else None
     f0 = estimate(method, audio, F0Options(rmvpe_path=rmvpe))
     out = job_dir / "output" / f"f0.{fmt}"
