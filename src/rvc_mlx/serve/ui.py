@@ -188,12 +188,31 @@ def _cell(value) -> str:
     return "yes" if value is True else "no" if value is False else "" if value is None else str(value)
 
 
+def wire_presets(svc, voice, preset, controls: dict) -> None:
+    """Choosing a preset loads what it resolves to (with the voice's default preset below it) into the
+    controls, so a conversion sends exactly what the page shows; choosing a voice picks its default preset."""
+
+    @ui_errors
+    def load(voice_name, preset_name):
+        opts = svc.presets.resolve(voice=voice_name or None, preset=preset_name or None).to_dict()
+        return [opts[n] for n in controls]
+
+    @ui_errors
+    def voice_default(voice_name, current):
+        default = svc.presets.voice_default(voice_name) if voice_name else None
+        return gr.Dropdown(value=default) if default and default != current else gr.skip()
+
+    preset.change(load, [voice, preset], list(controls.values()), api_visibility="undocumented")
+    voice.change(voice_default, [voice, preset], preset, api_visibility="undocumented")
+
+
 # -- the page -------------------------------------------------------------------------------------------------------
 
 
 def build_ui(svc) -> gr.Blocks:
     """The Blocks app over ``svc`` (a ``Services``)."""
-    with gr.Blocks(title="rvc-mlx", analytics_enabled=False) as blocks:
+    # uploads are copied into job folders, results into Gradio's cache: drop cached files after a day
+    with gr.Blocks(title="rvc-mlx", analytics_enabled=False, delete_cache=(3600, 86400)) as blocks:
         gr.Markdown(INTRO)
         with gr.Tabs():
             with gr.Tab("Convert", id="convert"):
@@ -223,6 +242,7 @@ def build_ui(svc) -> gr.Blocks:
         c["voice_added"].success(lambda added, *current: refresh_voices(added, *current[1:]),
                                  [c["added_name"], *voice_pickers], voices_out, **hidden)
         m["voice_removed"].success(refresh_voices, voice_pickers, voices_out, **hidden)
+        c["preset_saved"].success(lambda current: preset_dropdown(svc, current), b["preset"], b["preset"], **hidden)
     return blocks
 
 
@@ -285,8 +305,8 @@ def convert_tab(svc) -> dict:
         first = job["result"]["files"][0]
         path = result_path(svc, job, first["name"])
         status_line = (f"{first['name']}: {first.get('seconds', 0):.2f} s at {first.get('sample_rate')} Hz, "
-                       f"voice {v['voice']}{' with its index' if job['result'].get('index') else ''}; "
-                       f"took {time.monotonic() - started:.1f} s (job {job['id']})")
+                       f"voice {v['voice']}{' with its index' if job['result'].get('index') else ''}, "
+                       f"in {time.monotonic() - started:.1f} s")
         return path, path, result_path(svc, job, "pitch.png"), status_line
 
     run.click(named_handler(convert, list(inputs)), list(inputs.values()), [out_audio, out_file, plot, status],
@@ -306,30 +326,19 @@ def convert_tab(svc) -> dict:
     voice_added = add.click(add_voice, [model_file, index_file, name, replace], [added_name, add_status],
                             api_name="add_voice", show_progress_on=add_status)
 
-    names = list(values)
-
-    @ui_errors
-    def load_preset(voice_name, preset_name_):
-        opts = svc.presets.resolve(voice=voice_name or None, preset=preset_name_ or None).to_dict()
-        return [opts[n] for n in names]
-
-    @ui_errors
-    def voice_preset(voice_name, current):
-        default = svc.presets.voice_default(voice_name) if voice_name else None
-        return gr.Dropdown(value=default) if default and default != current else gr.skip()
+    wire_presets(svc, voice, preset, values)
 
     @ui_errors
     def save(preset_name_, *current):
         if not (preset_name_ or "").strip():
             raise gr.Error("give the preset a name")
-        saved = svc.presets.save(preset_name_.strip(), option_values(dict(zip(names, current))))
+        saved = svc.presets.save(preset_name_.strip(), option_values(dict(zip(values, current))))
         return preset_dropdown(svc, saved["name"]), f"saved preset {saved['name']}"
 
-    preset.change(load_preset, [voice, preset], list(values.values()), api_visibility="undocumented")
-    voice.change(voice_preset, [voice, preset], preset, api_visibility="undocumented")
-    save_preset.click(save, [preset_name, *values.values()], [preset, status], api_visibility="undocumented")
+    preset_saved = save_preset.click(save, [preset_name, *values.values()], [preset, status],
+                                     api_visibility="undocumented")
     return {"voice": voice, "refresh": refresh, "preset": preset, "voice_added": voice_added,
-            "added_name": added_name}
+            "added_name": added_name, "preset_saved": preset_saved}
 
 
 def batch_tab(svc) -> dict:
@@ -348,6 +357,7 @@ def batch_tab(svc) -> dict:
             run = gr.Button("Convert all", variant="primary", elem_id="batch-convert")
             summary = gr.Textbox(label="summary", interactive=False, max_lines=1, elem_id="batch-summary")
             archive = gr.File(label="converted files (zip)", interactive=False, elem_id="batch-zip")
+    wire_presets(svc, voice, preset, controls)
     inputs = {"files": files, "voice": voice, "preset": preset, "format": fmt, "use_index": use_index, **controls}
 
     def batch(v: dict, progress) -> tuple:
