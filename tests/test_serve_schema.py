@@ -8,7 +8,7 @@
    and a missing flag.
 3. Layering: no front end imports another, the service layer and the library import no front end, and the service
    layer and ``rvc_mlx.options`` import no web framework (checked on the source with ``ast``, function-level
-   imports included; shown to catch a seeded ``parity -> cli`` import).
+   imports included; shown to catch a seeded ``bench -> cli`` import).
 4. The server process never loads MLX (building the app and its schema, in a fresh interpreter).
 """
 
@@ -331,7 +331,7 @@ def test_options_endpoint_matches_option_specs(schema_app):
 # -- 3. layering ---------------------------------------------------------------------------------------------------
 
 
-FRONT_END_MODULES = ("rvc_mlx.cli", "rvc_mlx.parity", "rvc_mlx.export", "rvc_mlx.bench")
+FRONT_END_MODULES = ("rvc_mlx.cli", "rvc_mlx.export", "rvc_mlx.bench")  # parity: the library of dump/compare
 FRONT_END_PACKAGES = ("rvc_mlx.serve",)
 GATHERERS = ("rvc_mlx.command", "rvc_mlx.__main__")  # know every front end by design
 WEB_LIBRARIES = ("fastapi", "gradio", "starlette", "pydantic", "uvicorn")
@@ -407,30 +407,20 @@ def layering_violations(modules: dict[str, tuple[str, bool]]) -> list[str]:
     return problems
 
 
-# Found by this test, not fixed here (outside this file's remit): export.write_golden calls parity.dump and
-# parity.save_dump through a function-level ``from . import parity``. Fixing it (moving dump/save_dump to the
-# library or the service layer) makes test_layering_has_no_known_violations XPASS, which fails: then drop this.
-KNOWN_VIOLATIONS = ("front end rvc_mlx.export imports front end rvc_mlx.parity",)
-
-
 def test_layering_front_ends_service_library():
     modules = source_modules()
     assert {"rvc_mlx.cli", "rvc_mlx.serve.api", "rvc_mlx.service.args", "rvc_mlx.options"} <= set(modules)
-    assert [v for v in layering_violations(modules) if v not in KNOWN_VIOLATIONS] == []
-
-
-@pytest.mark.xfail(strict=True, reason="rvc_mlx.export imports rvc_mlx.parity (write_golden uses parity.dump and "
-                   "parity.save_dump): front ends must not import each other")
-def test_layering_has_no_known_violations():
-    assert layering_violations(source_modules()) == []
+    assert layering_violations(modules) == []
 
 
 def test_layering_checker_catches_seeded_imports():
     modules = source_modules()
     before = set(layering_violations(modules))
     seeded = dict(modules)
+    bench, _ = modules["rvc_mlx.bench"]
+    seeded["rvc_mlx.bench"] = (bench + "\nfrom .cli import x\n", False)
     parity, _ = modules["rvc_mlx.parity"]
-    seeded["rvc_mlx.parity"] = (parity + "\nfrom .cli import x\n", False)
+    seeded["rvc_mlx.parity"] = (parity + "\nfrom .export import x\n", False)
     seeded["rvc_mlx.service.fake"] = (textwrap.dedent("""
         import pydantic
 
@@ -442,7 +432,8 @@ def test_layering_checker_catches_seeded_imports():
     seeded["rvc_mlx.serve.fake"] = ("from ..export import main\nfrom . import api\n", False)
     assert set(layering_violations(seeded)) - before == {
         "library module rvc_mlx.f0.fake imports front end rvc_mlx.serve.api",
-        "front end rvc_mlx.parity imports front end rvc_mlx.cli",
+        "front end rvc_mlx.bench imports front end rvc_mlx.cli",
+        "library module rvc_mlx.parity imports front end rvc_mlx.export",
         "front end rvc_mlx.serve.fake imports front end rvc_mlx.export",
         "service module rvc_mlx.service.fake imports front end rvc_mlx.bench",
         "service module rvc_mlx.service.fake imports front end rvc_mlx.serve",

@@ -1,4 +1,5 @@
-"""The core ``rvc-mlx`` subcommands (convert, info, infer, batch, pitch, demo, download, voice, preset).
+"""The core ``rvc-mlx`` subcommands (convert, info, infer, batch, pitch, demo, download, dump, compare, voice,
+preset).
 
 A front end: every subcommand calls the service layer or the library. ``rvc_mlx.command`` gathers these and the
 other front ends' subcommands into the one ``rvc-mlx`` command.
@@ -194,6 +195,36 @@ def cmd_preset(args) -> int:
     return 0
 
 
+def cmd_dump(args) -> int:
+    from . import audio as audio_io
+    from .parity import dump, save_dump
+
+    src = Path(args.input)
+    if not src.is_file():
+        raise RvcMlxError(f"{src}: input audio not found")
+    options = options_from_args(args)
+    audio, sr = audio_io.read(src)
+    audio = audio_io.check(audio, sr, str(src))
+    converter = converter_from_args(args, options)
+    stages, info = dump(converter, audio, sr, options)
+    info["input"] = src.name
+    save_dump(args.output, stages, info)
+    print(f"{args.output}: {len(stages)} stages ({', '.join(stages)})")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from .parity import compare, load_dump, parse_tolerances, write_report
+
+    a, b = load_dump(args.a), load_dump(args.b)
+    cmp = compare(a, b, parse_tolerances(args.tolerance))
+    print(cmp.summary())
+    if args.report:
+        write_report(args.report, cmp, a, b)
+        print(f"{args.report}: report written")
+    return 0 if cmp.first_divergent is None else 2
+
+
 def add_commands(sub) -> None:
     """Register the core subcommands on the ``rvc-mlx`` command's subparsers."""
     from .f0 import METHOD_MODULES
@@ -243,6 +274,20 @@ def add_commands(sub) -> None:
     p.add_argument("models", nargs="*", help="hubert_base, rmvpe, contentvec or all (default: hubert_base rmvpe)")
     p.add_argument("--force", action="store_true", help="download and convert again")
     p.set_defaults(func=cmd_download)
+
+    p = sub.add_parser("dump", help="run a conversion and save every pipeline stage (parity with ports)")
+    p.add_argument("-i", "--input", required=True, help="input audio file")
+    p.add_argument("-o", "--output", required=True, help="stage dump to write (.safetensors)")
+    add_conversion_options(p)
+    p.set_defaults(func=cmd_dump)
+
+    p = sub.add_parser("compare", help="compare two stage dumps; exit 2 and name the first divergent stage")
+    p.add_argument("a", help="reference stage dump (A)")
+    p.add_argument("b", help="stage dump to check (B)")
+    p.add_argument("--report", help="write a self-contained HTML report with figures")
+    p.add_argument("--tolerance", action="append", metavar="KIND.BOUND=VALUE",
+                   help="override a tolerance, e.g. features.rel_rmse=1e-4 (repeatable)")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("voice", help="the voice library ($RVC_MLX_HOME/voices): list, add, info, remove")
     p.add_argument("action", choices=("list", "add", "info", "remove"))

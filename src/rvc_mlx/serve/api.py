@@ -31,9 +31,8 @@ MEDIA_TYPES = {"wav": "audio/wav", "flac": "audio/flac", "ogg": "audio/ogg", "mp
                "zip": "application/zip", "png": "image/png", "csv": "text/csv", "json": "application/json"}
 SYNC_TIMEOUT_S = 3600
 EVENT_HEARTBEAT_S = 15
-ERROR_RESPONSES = {code: {"model": None, "description": text} for code, text in (
-    (400, "invalid input"), (404, "not found"), (413, "too large"), (422, "invalid request, audio or model"),
-    (429, "job queue full (see Retry-After)"))}
+ERROR_TEXT = {400: "invalid input", 404: "not found", 409: "conflicts with what exists", 413: "too large",
+              422: "invalid request, audio or model", 429: "job queue full (see Retry-After)"}
 
 
 # -- schemas ------------------------------------------------------------------------------------------------------
@@ -42,6 +41,11 @@ ERROR_RESPONSES = {code: {"model": None, "description": text} for code, text in 
 class ErrorBody(BaseModel):
     error: str = Field(description="machine-readable code, e.g. not_found, invalid_audio, queue_full")
     detail: str = Field(description="one readable line")
+
+
+def errors(*codes: int) -> dict:
+    """OpenAPI ``responses`` entries for error statuses (all with the ``ErrorBody`` shape)."""
+    return {code: {"model": ErrorBody, "description": ERROR_TEXT[code]} for code in codes}
 
 
 class FileView(BaseModel):
@@ -248,11 +252,6 @@ def failed_response(job: dict) -> JSONResponse:
     return error_response(status, code, job.get("error") or job["state"], {"X-Job-Id": job["id"]})
 
 
-def _new_job(svc):
-    job_id, job_dir = svc.jobs.new_job()
-    return job_id, job_dir
-
-
 def _resolve_options(svc, voice: str, preset: str | None, values: dict):
     return svc.presets.resolve(voice=voice, preset=preset, options=values, allow_files=False)
 
@@ -282,8 +281,7 @@ def options():
 @router.post("/convert", tags=["convert"], responses={
     200: {"content": {t: {} for t in ("audio/wav", "audio/flac", "audio/ogg", "audio/mpeg")},
           "description": "the converted audio"},
-    202: {"model": JobView, "description": "with ?async=1: the queued job"},
-    **{k: {"model": ErrorBody, "description": v["description"]} for k, v in ERROR_RESPONSES.items()}})
+    202: {"model": JobView, "description": "with ?async=1: the queued job"}, **errors(400, 404, 413, 422, 429)})
 async def convert(request: Request, audio: UploadFile = File(description="input audio (wav, flac, ogg, mp3, m4a)"),
                   voice: str = Form(description="a voice from the library (GET /v1/voices)"),
                   preset: Optional[str] = Form(None, description="named option set; fields given here override it"),
@@ -296,7 +294,7 @@ async def convert(request: Request, audio: UploadFile = File(description="input 
     """Convert one file with a library voice. Returns the audio, or with ``?async=1`` the job (poll
     ``GET /v1/jobs/{id}`` or stream ``/v1/jobs/{id}/events``)."""
     svc = services(request)
-    job = await anyio.to_thread.run_sync(_submit_convert, svc, audio, voice, preset, f0_file, format, use_index,
+    job = await anyio.to_thread.run_sync(submit_convert, svc, audio, voice, preset, f0_file, format, use_index,
                                          pitch_plot, values)
     if run_async:
         return JSONResponse(job_view(job), status_code=202, headers={"Location": f"/v1/jobs/{job['id']}"})
@@ -308,10 +306,10 @@ async def convert(request: Request, audio: UploadFile = File(description="input 
                         filename=first["name"], headers={"X-Job-Id": job["id"]})
 
 
-def _submit_convert(svc, audio, voice, preset, f0_file, fmt, use_index, pitch_plot, values) -> dict:
+def submit_convert(svc, audio, voice, preset, f0_file, fmt, use_index, pitch_plot, values) -> dict:
     if not svc.library.exists(voice):
         raise NotFound(f"voice {voice!r} not found (GET /v1/voices lists them)")
-    job_id, job_dir = _new_job(svc)
+    job_id, job_dir = svc.jobs.new_job()
     try:
         options = _resolve_options(svc, voice, preset, values).to_dict()
         rel, name = save_audio_input(svc, audio, job_dir, "audio")
@@ -327,7 +325,7 @@ def _submit_convert(svc, audio, voice, preset, f0_file, fmt, use_index, pitch_pl
 
 
 @router.post("/batch", status_code=202, response_model=JobView, tags=["convert"],
-             responses={k: {"model": ErrorBody, "description": v["description"]} for k, v in ERROR_RESPONSES.items()})
+             responses=errors(400, 404, 413, 422, 429))
 async def batch(request: Request, files: list[UploadFile] = File(description="input audio files"),
                 voice: str = Form(description="a voice from the library"),
                 preset: Optional[str] = Form(None, description="named option set"),
@@ -337,16 +335,16 @@ async def batch(request: Request, files: list[UploadFile] = File(description="in
     """Convert many files as one job; its result is a zip (``converted.zip``) plus each file. Files that fail
     are listed in the result's ``failed``; the job fails only if none converts."""
     svc = services(request)
-    job = await anyio.to_thread.run_sync(_submit_batch, svc, files, voice, preset, format, use_index, values)
+    job = await anyio.to_thread.run_sync(submit_batch, svc, files, voice, preset, format, use_index, values)
     return JSONResponse(job_view(job), status_code=202, headers={"Location": f"/v1/jobs/{job['id']}"})
 
 
-def _submit_batch(svc, files, voice, preset, fmt, use_index, values) -> dict:
+def submit_batch(svc, files, voice, preset, fmt, use_index, values) -> dict:
     if not svc.library.exists(voice):
         raise NotFound(f"voice {voice!r} not found (GET /v1/voices lists them)")
     if len(files) > svc.settings.max_batch_files:
         raise TooLarge(f"{len(files)} files; this server takes at most {svc.settings.max_batch_files} per batch")
-    job_id, job_dir = _new_job(svc)
+    job_id, job_dir = svc.jobs.new_job()
     try:
         options = _resolve_options(svc, voice, preset, values).to_dict()
         inputs, names = [], []
@@ -364,7 +362,7 @@ def _submit_batch(svc, files, voice, preset, fmt, use_index, values) -> dict:
 
 @router.post("/pitch", tags=["convert"], responses={
     200: {"content": {"text/csv": {}, "application/json": {}}, "description": "F0 at 100 frames per second"},
-    **{k: {"model": ErrorBody, "description": v["description"]} for k, v in ERROR_RESPONSES.items()}})
+    **errors(400, 413, 422, 429)})
 async def pitch(request: Request, audio: UploadFile = File(description="input audio"),
                 method: Literal[F0_METHODS] = Form("rmvpe", description="pitch estimator"),
                 format: Literal["csv", "json"] = Form("csv", description="csv: time,f0,voiced rows; json")):
@@ -372,7 +370,7 @@ async def pitch(request: Request, audio: UploadFile = File(description="input au
     svc = services(request)
 
     def submit():
-        job_id, job_dir = _new_job(svc)
+        job_id, job_dir = svc.jobs.new_job()
         try:
             rel, name = save_audio_input(svc, audio, job_dir, "audio")
             return svc.jobs.submit("pitch", {"inputs": [rel], "input_names": [name], "method": method,
@@ -479,8 +477,7 @@ def list_voices(request: Request):
 
 
 @router.post("/voices", response_model=VoiceView, status_code=201, tags=["voices"],
-             responses={k: {"model": ErrorBody, "description": v["description"]} for k, v in
-                        {**ERROR_RESPONSES, 409: {"description": "a voice of that name exists"}}.items()})
+             responses=errors(400, 409, 413, 422, 429))
 async def add_voice(request: Request,
                     model: UploadFile = File(description="RVC .pth, converted .safetensors, or a .zip with them"),
                     index: Optional[UploadFile] = File(None, description="the voice's .index"),
@@ -499,7 +496,7 @@ async def add_voice(request: Request,
 def submit_add_voice(svc, model: UploadFile, index: UploadFile | None, name: str | None, replace: bool,
                      model_name: str | None = None) -> dict:
     """Queue an add-voice job for an uploaded model (and index); shared with the compat and UI routes."""
-    job_id, job_dir = _new_job(svc)
+    job_id, job_dir = svc.jobs.new_job()
     try:
         shown = model_name or upload_name(model, "voice.pth")
         suffix = Path(shown).suffix.lower() if Path(shown).suffix.lower() in (".pth", ".pt", ".safetensors",

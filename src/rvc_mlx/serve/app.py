@@ -130,4 +130,23 @@ def create_app(settings: ServeSettings | None = None, start_jobs: bool = True) -
 
         mount_ui(app, services)
     app.add_middleware(SecurityMiddleware, settings=settings)
+    app.openapi = lambda: _openapi(app)
     return app
+
+
+ERROR_SCHEMA = {"title": "ErrorBody", "type": "object", "required": ["error", "detail"],
+                "properties": {"error": {"type": "string", "title": "Error"},
+                               "detail": {"type": "string", "title": "Detail"}}}
+
+
+def _openapi(app: FastAPI) -> dict:
+    """FastAPI's schema with its 422 body described as what we send (``{error, detail}``, not its list)."""
+    from fastapi.openapi.utils import get_openapi
+
+    if app.openapi_schema is None:
+        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        schemas = schema.get("components", {}).get("schemas", {})
+        if "HTTPValidationError" in schemas:
+            schemas["HTTPValidationError"] = ERROR_SCHEMA
+        app.openapi_schema = schema
+    return app.openapi_schema

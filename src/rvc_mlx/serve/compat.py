@@ -78,7 +78,7 @@ def _message(text: str) -> JSONResponse:
 @router.post("/convert", responses={200: {"content": {"audio/wav": {}}, "description": "the converted WAV"}})
 async def rvc_convert(request: Request, body: ConvertAudioRequest):
     """Convert base64 audio with the selected model and parameters; returns WAV bytes."""
-    from .api import _submit_convert, services
+    from .api import submit_convert, services
 
     state = compat_state(request)
     if state.model is None:
@@ -89,7 +89,7 @@ async def rvc_convert(request: Request, body: ConvertAudioRequest):
         raise InputError("audio_data is not valid base64") from None
     svc = services(request)
     upload = _Upload("audio.wav", data)
-    job = await anyio.to_thread.run_sync(_submit_convert, svc, upload, state.model, None, None, "wav", True, False,
+    job = await anyio.to_thread.run_sync(submit_convert, svc, upload, state.model, None, None, "wav", True, False,
                                          dict(state.options))
     job = await wait_job(svc, job["id"])
     if job["state"] != "done":

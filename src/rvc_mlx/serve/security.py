@@ -20,7 +20,7 @@ from ..errors import RvcMlxError
 from .settings import ServeSettings
 
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
-OPEN_PATHS = ("/v1/health", "/login")
+OPEN_PATHS = ("/v1/health", "/login", "/favicon.ico")
 COOKIE = "rvc_mlx_token"
 LOGIN_PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>rvc-mlx: sign in</title></head>
 <body style="font-family: sans-serif; max-width: 28em; margin: 4em auto">

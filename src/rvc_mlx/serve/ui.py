@@ -3,7 +3,7 @@
 Tabs: **Convert** (one file, with the input/output pitch plot), **Batch** (many files -> a zip), **Models**
 (base models, library voices). The option controls are generated from ``rvc_mlx.options.option_specs()`` (the
 same names, ranges, defaults and help as the CLI flags and the REST form fields). Handlers only translate: UI
-values -> the service calls the REST routes make (``api._submit_convert`` ...) -> UI values. Every piece of work
+values -> the service calls the REST routes make (``api.submit_convert`` ...) -> UI values. Every piece of work
 is a job on the spawned MLX worker (MLX never runs in this process); a handler waits on its job and feeds the
 job's progress to the Gradio progress bar. Errors reach the page as one line (``gr.Error``), never a traceback.
 """
@@ -299,7 +299,7 @@ def convert_tab(svc) -> dict:
         started = time.monotonic()
         with ExitStack() as stack:
             f0 = Upload(stack, v["f0_file"]) if v["f0_file"] else None
-            job = api._submit_convert(svc, Upload(stack, v["audio"]), v["voice"], v["preset"] or None, f0,
+            job = api.submit_convert(svc, Upload(stack, v["audio"]), v["voice"], v["preset"] or None, f0,
                                       v["format"] or "wav", v["use_index"] is not False, True, option_values(v))
         job = wait_job(svc, job, progress, "conversion")
         first = job["result"]["files"][0]
@@ -367,7 +367,7 @@ def batch_tab(svc) -> dict:
         if not v["voice"]:
             raise gr.Error("choose a voice")
         with ExitStack() as stack:
-            job = api._submit_batch(svc, [Upload(stack, p) for p in paths], v["voice"], v["preset"] or None,
+            job = api.submit_batch(svc, [Upload(stack, p) for p in paths], v["voice"], v["preset"] or None,
                                     v["format"] or "wav", v["use_index"] is not False, option_values(v))
         job = wait_job(svc, job, progress, "the batch")
         result = job["result"]
