@@ -13,12 +13,12 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from rvc_mlx.serve.run import READY_PREFIX
 from tests.reference import hubert_models
 from tests.reference.rvc_pipeline import ReferenceModels
 
 VOICE = "test-voice"
 SR16 = 16000
-READY_PREFIX = "rvc-mlx: serving "
 
 
 def make_home(home: Path, models: ReferenceModels, voice_variant: str = "v2-40k-f0", index: bool = False) -> Path:

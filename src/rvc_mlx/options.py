@@ -122,10 +122,12 @@ def check_value(s: OptionSpec, value) -> None:
         lo = -float("inf") if p.lo is None else p.lo
         hi = float("inf") if p.hi is None else p.hi
         if not lo <= value <= hi:
-            raise InputError(f"{p.label} must be within {_num(p.lo)}..{_num(p.hi)}, got {_num(value)}")
+            raise InputError(f"{p.label} must be within {format_number(p.lo)}..{format_number(p.hi)}, "
+                             f"got {format_number(value)}")
 
 
-def _num(x) -> str:
+def format_number(x) -> str:
+    """``3`` for 3.0, ``0.33`` for 0.33, empty for None (ranges and defaults in messages and help)."""
     return "" if x is None else (str(int(x)) if float(x).is_integer() else str(x))
 
 

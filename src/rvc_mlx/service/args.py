@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..options import ConversionOptions, option_specs
+from ..options import ConversionOptions, format_number, option_specs
 from .models import ModelPaths, resolve_models
 
 
@@ -33,15 +33,11 @@ def add_option_flags(p: argparse.ArgumentParser) -> None:
             p.add_argument(s.flag, dest=s.name, action="store_true", default=None, help=help_text)
             continue
         if s.param.lo is not None and s.param.hi is not None:
-            help_text += f"; {_num(s.param.lo)}..{_num(s.param.hi)}"
+            help_text += f"; {format_number(s.param.lo)}..{format_number(s.param.hi)}"
         if s.default is not None:
-            help_text += f" (default {_num(s.default) if s.type is not str else s.default})"
+            help_text += f" (default {format_number(s.default) if s.type is not str else s.default})"
         p.add_argument(s.flag, dest=s.name, type=s.type, default=None, choices=s.param.choices,
                        metavar=None if s.param.choices else s.name.upper(), help=help_text)
-
-
-def _num(x) -> str:
-    return str(int(x)) if isinstance(x, (int, float)) and float(x).is_integer() else str(x)
 
 
 def given_options(args: argparse.Namespace) -> dict:
