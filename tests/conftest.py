@@ -5,6 +5,7 @@ built by the tests themselves (random weights in the formats users have) and cac
 so a second run skips rebuilding them. Nothing is downloaded.
 """
 
+import os
 import sys
 from pathlib import Path
 
@@ -14,6 +15,8 @@ import torch  # noqa: F401  (must load before mlx; see module docstring)
 
 import rvc_mlx  # noqa: F401,E402  (BLAS preload)
 
+# ultimate-rvc (reference for Applio's vocoders) writes ./logs/ on import unless told not to.
+os.environ.setdefault("URVC_NO_LOGGING", "1")
 TESTS_DIR = Path(__file__).parent
 # rvc==0.3.5's Config() parses sys.argv at import/construct time; keep pytest's argv away from it.
 sys.argv = sys.argv[:1]
