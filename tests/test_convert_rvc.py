@@ -145,10 +145,19 @@ def test_applio_embedder_name_is_kept(ckpts):
     assert convert_voice(applio)[1]["embedder"] == "japanese-hubert-base"
 
 
-@pytest.mark.parametrize("vocoder", ["RefineGAN", "MRF HiFi-GAN"])
+@pytest.mark.parametrize("vocoder", ["RingFormer", "PCPH-GAN"])
 def test_unknown_vocoder_refused(ckpts, vocoder):
-    ckpt = dict(ckpts(V2_40K_F0, "applio"), vocoder=vocoder)
+    ckpt = dict(ckpts(V2_40K_F0, "applio"), vocoder=vocoder)  # vocoders of Applio forks
     with pytest.raises(ConversionError, match=f"my.pth: vocoder '{vocoder}' is not supported") as err:
+        convert_voice(ckpt, "my.pth")
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("vocoder", ["RefineGAN", "MRF HiFi-GAN"])
+def test_vocoder_field_must_match_the_weights(ckpts, vocoder):
+    ckpt = dict(ckpts(V2_40K_F0, "applio"), vocoder=vocoder)  # HiFi-GAN weights under another name
+    with pytest.raises(ConversionError, match=f"my.pth: the checkpoint says vocoder '{vocoder}' but its decoder "
+                                              "weights are HiFi-GAN's") as err:
         convert_voice(ckpt, "my.pth")
     assert "\n" not in str(err.value)
 

@@ -51,7 +51,7 @@ KEEP_AXES = {1: "channels", 2: "as PyTorch (Linear: out, in; Embedding: rows, di
 def _rules_for(kind: str):
     from .convert import hubert, rmvpe, rvc
 
-    return {"voice": rvc.RULES, "hubert": hubert.RULES, "rmvpe": rmvpe.RULES}[kind]
+    return {"voice": rvc.ALL_RULES, "hubert": hubert.RULES, "rmvpe": rmvpe.RULES}[kind]
 
 
 def tensor_layouts(kind: str, shapes: dict[str, tuple]) -> dict[str, dict]:

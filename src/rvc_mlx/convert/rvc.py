@@ -10,14 +10,21 @@ Input: the plain checkpoint dict from the safe reader::
     info     free text
     Applio also: embedder_model, vocoder, speakers_id, model_name, author, ...
 
-Weight norm is fused in float32; layouts follow the module type in ``RULES``; ``DROP`` lists what is discarded
+Weight norm is fused in float32; layouts follow the module type in the rule tables (``RULES`` for the text
+encoder, flow and speaker table, plus the vocoder's table in ``DECODER_RULES``); ``DROP`` lists what is discarded
 on purpose. Every source tensor is mapped or dropped, otherwise conversion fails. Parameter names are kept
-(``flow.flows.{0,2,4,6}`` stay as they are: the MLX flow keeps weightless Flip modules at the odd indices).
+(``flow.flows.{0,2,4,6}`` stay as they are: the MLX flow keeps weightless Flip modules at the odd indices), except
+that MRF HiFi-GAN's decoder is renamed to the NSF names it shares its body with (``mrf_to_nsf_names``).
+
+The vocoder comes from the checkpoint's ``vocoder`` field (absent: HiFi-GAN); the decoder's key names must agree
+with it, so a file whose field and weights disagree, an unknown vocoder (other Applio forks have more) and
+Applio's pre-3.3 RefineGAN layout are each refused with one line.
 """
 
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 
@@ -47,37 +54,62 @@ CONFIG_FIELDS = (
 FEATURE_DIMS = {"v1": 256, "v2": 768}
 SAMPLE_RATE_NAMES = {"32k": 32000, "40k": 40000, "48k": 48000}
 FRAME_RATE = 100  # synthesizer frames per second: prod(upsample_rates) == sample_rate / FRAME_RATE
-SUPPORTED_VOCODERS = ("hifi-gan", "hifigan")
+VOCODERS = ("HiFi-GAN", "MRF HiFi-GAN", "RefineGAN")  # Applio's names (models.synthesizer.VOCODERS)
+# Decoder key prefixes that identify a vocoder (the same ones Applio's networks register).
+VOCODER_KEYS = {
+    "MRF HiFi-GAN": ("dec.mrfs.", "dec.upsamples."),
+    "RefineGAN": ("dec.downsample_blocks.", "dec.upsample_conv_blocks.", "dec.mel_conv."),
+    "HiFi-GAN": ("dec.ups.", "dec.resblocks."),
+}
+REFINEGAN_PRE_CONV = (16, 1, 7)  # Applio >= 3.3.0; the 3.2.9 layout has (256, 1, 7)
 DEFAULT_EMBEDDER = "contentvec"  # RVC-Project's hubert_base.pt is the ContentVec model Applio calls "contentvec"
 
-# Conv1d modules by name pattern; their biases are kept as they are.
-_CONV1D = (
-    r"enc_p\.encoder\.attn_layers\.\d+\.conv_[qkvo]",
-    r"enc_p\.encoder\.ffn_layers\.\d+\.conv_[12]",
-    r"enc_p\.proj",
-    r"flow\.flows\.\d*[02468]\.(pre|post)",
-    r"flow\.flows\.\d*[02468]\.enc\.(in_layers|res_skip_layers)\.\d+",
-    r"flow\.flows\.\d*[02468]\.enc\.cond_layer",
-    r"dec\.(conv_pre|conv_post|cond)",
-    r"dec\.noise_convs\.\d+",
-    r"dec\.resblocks\.\d+\.convs[12]\.\d+",
-)
-_CONV_TRANSPOSE1D = (r"dec\.ups\.\d+",)
-_KEEP = (
-    r"emb_g\.weight",
-    r"enc_p\.emb_phone\.(weight|bias)",
-    r"enc_p\.emb_pitch\.weight",
-    r"enc_p\.encoder\.attn_layers\.\d+\.emb_rel_[kv]",
-    r"enc_p\.encoder\.norm_layers_[12]\.\d+\.(gamma|beta)",
-    r"dec\.m_source\.l_linear\.(weight|bias)",
-)
+def _table(conv1d=(), conv_transpose1d=(), keep=()) -> list[Rule]:
+    """Rules for modules by type: conv weights get their layout, their biases and ``keep`` patterns are kept."""
+    return (
+        [Rule(m + r"\.weight", "conv1d") for m in conv1d]
+        + [Rule(m + r"\.weight", "conv_transpose1d") for m in conv_transpose1d]
+        + [Rule(m + r"\.bias") for m in conv1d + conv_transpose1d]
+        + [Rule(k) for k in keep]
+    )
 
-RULES = (
-    [Rule(m + r"\.weight", "conv1d") for m in _CONV1D]
-    + [Rule(m + r"\.weight", "conv_transpose1d") for m in _CONV_TRANSPOSE1D]
-    + [Rule(m + r"\.bias") for m in _CONV1D + _CONV_TRANSPOSE1D]
-    + [Rule(k) for k in _KEEP]
+
+# Text encoder, flow and speaker table: the same in every voice model.
+RULES = _table(
+    conv1d=(
+        r"enc_p\.encoder\.attn_layers\.\d+\.conv_[qkvo]",
+        r"enc_p\.encoder\.ffn_layers\.\d+\.conv_[12]",
+        r"enc_p\.proj",
+        r"flow\.flows\.\d*[02468]\.(pre|post)",
+        r"flow\.flows\.\d*[02468]\.enc\.(in_layers|res_skip_layers)\.\d+",
+        r"flow\.flows\.\d*[02468]\.enc\.cond_layer",
+    ),
+    keep=(
+        r"emb_g\.weight",
+        r"enc_p\.emb_phone\.(weight|bias)",
+        r"enc_p\.emb_pitch\.weight",
+        r"enc_p\.encoder\.attn_layers\.\d+\.emb_rel_[kv]",
+        r"enc_p\.encoder\.norm_layers_[12]\.\d+\.(gamma|beta)",
+    ),
 )
+# HiFi-GAN (RVC's NSF / plain; MRF after ``mrf_to_nsf_names``).
+HIFIGAN_RULES = _table(
+    conv1d=(r"dec\.(conv_pre|conv_post|cond)", r"dec\.noise_convs\.\d+", r"dec\.resblocks\.\d+\.convs[12]\.\d+"),
+    conv_transpose1d=(r"dec\.ups\.\d+",),
+    keep=(r"dec\.m_source\.l_linear\.(weight|bias)",),
+)
+REFINEGAN_RULES = _table(
+    conv1d=(
+        r"dec\.(pre_conv|mel_conv|cond|conv_post)",
+        r"dec\.downsample_blocks\.\d+",
+        r"dec\.upsample_conv_blocks\.\d+\.input_conv",
+        r"dec\.upsample_conv_blocks\.\d+\.blocks\.\d+\.1\.convs[12]\.\d+",
+    ),
+    keep=(r"dec\.upsample_conv_blocks\.\d+\.blocks\.\d+\.[02]\.weight",),  # AdaIN noise scales
+) + [Rule(r"dec\.m_source\.merge\.0\.weight", target="dec.m_source.l_linear.weight")]
+DECODER_RULES = {"HiFi-GAN": HIFIGAN_RULES, "MRF HiFi-GAN": HIFIGAN_RULES, "RefineGAN": REFINEGAN_RULES}
+# Every converted name, for describing converted files (export manifests; RefineGAN's merge is renamed).
+ALL_RULES = RULES + HIFIGAN_RULES + REFINEGAN_RULES
 # Training-only parts: the posterior encoder (RVC's export drops it already; training states keep it).
 DROP = [r"enc_q\..*"]
 
@@ -115,7 +147,7 @@ def _sample_rate(value, source: str) -> int:
         raise ConversionError(f"{source}: unknown sample rate {value!r}") from None
 
 
-def _named_config(ckpt: dict, weights: dict[str, np.ndarray], source: str) -> dict:
+def _named_config(ckpt: dict, weights: dict[str, np.ndarray], vocoder: str, source: str) -> dict:
     raw = ckpt.get("config")
     if not isinstance(raw, (list, tuple)) or len(raw) != len(CONFIG_FIELDS):
         raise ConversionError(
@@ -158,11 +190,12 @@ def _named_config(ckpt: dict, weights: dict[str, np.ndarray], source: str) -> di
     if len(kernels) < len(rates) or any((k - u) % 2 for k, u in zip(kernels, rates)):
         raise ConversionError(f"{source}: upsample kernels {kernels} do not fit rates {rates}")
 
-    vocoder = str(ckpt.get("vocoder", "HiFi-GAN"))
-    if vocoder.lower() not in SUPPORTED_VOCODERS:
-        raise ConversionError(
-            f"{source}: vocoder {vocoder!r} is not supported (only HiFi-GAN voice models can be converted)"
-        )
+    if vocoder == "MRF HiFi-GAN" and any(u % 2 for u in rates):
+        raise ConversionError(f"{source}: MRF HiFi-GAN with odd upsample rates {rates} is not supported")
+    if vocoder == "RefineGAN" and len(rates) != 4:
+        raise ConversionError(f"{source}: RefineGAN needs exactly 4 upsample rates, got {rates}")
+    if vocoder != "HiFi-GAN" and not use_f0:
+        raise ConversionError(f"{source}: a {vocoder} voice must be an f0 model (Applio has no pitchless {vocoder})")
     embedder = ckpt.get("embedder_model") or DEFAULT_EMBEDDER
     info = ckpt.get("info")
     return {
@@ -184,7 +217,7 @@ def _named_config(ckpt: dict, weights: dict[str, np.ndarray], source: str) -> di
         "upsample_initial_channel": int(c["upsample_initial_channel"]),
         "upsample_kernel_sizes": kernels[: len(rates)],
         "gin_channels": int(c["gin_channels"]),
-        "vocoder": "HiFi-GAN",
+        "vocoder": vocoder,
         "embedder": str(embedder),
         "info": "" if info is None else str(info),
     }
@@ -204,12 +237,58 @@ def convert_voice(ckpt: dict, source: str = "checkpoint") -> tuple[dict[str, np.
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("weight"), dict):
         raise ConversionError(f"{source}: not an RVC voice model (no 'weight' state dict)")
     state = {str(k): np.asarray(v) for k, v in ckpt["weight"].items()}
-    vocoder = str(ckpt.get("vocoder", "HiFi-GAN"))
-    if vocoder.lower() not in SUPPORTED_VOCODERS:
-        raise ConversionError(
-            f"{source}: vocoder {vocoder!r} is not supported (only HiFi-GAN voice models can be converted)"
-        )
-    state = fuse_weight_norms(state)  # RVC uses weight norm with dim 0 everywhere
-    weights = apply_rules(state, RULES, DROP, source)
-    config = _named_config(ckpt, weights, source)
+    vocoder = vocoder_of(ckpt, state, source)
+    if vocoder == "MRF HiFi-GAN":
+        state = mrf_to_nsf_names(state, _resblock_count(ckpt, source))
+    state = fuse_weight_norms(state)  # RVC and Applio use weight norm with dim 0 everywhere
+    weights = apply_rules(state, RULES + DECODER_RULES[vocoder], DROP, source)
+    config = _named_config(ckpt, weights, vocoder, source)
     return weights, config
+
+
+def vocoder_of(ckpt: dict, state: dict, source: str) -> str:
+    """The vocoder of a checkpoint: its ``vocoder`` field (absent: HiFi-GAN), which the decoder's key names must
+    confirm. One-line errors for unknown vocoders, a field that disagrees with the weights, and the RefineGAN
+    layout of Applio 3.2.9 (which current Applio cannot load either)."""
+    named = str(ckpt.get("vocoder") or "HiFi-GAN")
+    canonical = {v.lower().replace("-", "").replace(" ", ""): v for v in VOCODERS}
+    vocoder = canonical.get(named.lower().replace("-", "").replace(" ", ""))
+    if vocoder is None:
+        raise ConversionError(
+            f"{source}: vocoder {named!r} is not supported (rvc-mlx reads {', '.join(VOCODERS)})"
+        )
+    found = [v for v, prefixes in VOCODER_KEYS.items() if any(k.startswith(prefixes) for k in state)]
+    if found and found[0] != vocoder:
+        raise ConversionError(f"{source}: the checkpoint says vocoder {named!r} but its decoder weights are {found[0]}'s")
+    pre = state.get("dec.pre_conv.weight_v", state.get("dec.pre_conv.parametrizations.weight.original1"))
+    if vocoder == "RefineGAN" and pre is not None and tuple(pre.shape) != REFINEGAN_PRE_CONV:
+        raise ConversionError(
+            f"{source}: RefineGAN layout of Applio 3.2.9 (dec.pre_conv {tuple(pre.shape)}, current Applio has "
+            f"{REFINEGAN_PRE_CONV}); Applio >= 3.3 cannot load it either: retrain the voice with a current Applio"
+        )
+    return vocoder
+
+
+_MRF_LAYER = re.compile(r"dec\.mrfs\.(\d+)\.(\d+)\.layers\.(\d+)\.conv([12])\.(.+)")
+
+
+def mrf_to_nsf_names(state: dict[str, np.ndarray], resblocks: int) -> dict[str, np.ndarray]:
+    """MRF HiFi-GAN's decoder names -> RVC's NSF names (the same body): ``dec.upsamples.i`` -> ``dec.ups.i``,
+    ``dec.mrfs.i.j.layers.k.conv{1,2}`` -> ``dec.resblocks.(resblocks·i + j).convs{1,2}.k``."""
+    out = {}
+    for key, value in state.items():
+        m = _MRF_LAYER.fullmatch(key)
+        if m:
+            i, j, k, which, rest = m.groups()
+            key = f"dec.resblocks.{resblocks * int(i) + int(j)}.convs{which}.{k}.{rest}"
+        elif key.startswith("dec.upsamples."):
+            key = "dec.ups." + key[len("dec.upsamples.") :]
+        out[key] = value
+    return out
+
+
+def _resblock_count(ckpt: dict, source: str) -> int:
+    raw = ckpt.get("config")
+    if not isinstance(raw, (list, tuple)) or len(raw) != len(CONFIG_FIELDS):
+        raise ConversionError(f"{source}: 'config' must be RVC's {len(CONFIG_FIELDS)}-item list")
+    return len(dict(zip(CONFIG_FIELDS, raw))["resblock_kernel_sizes"])

@@ -1,13 +1,19 @@
 """RVC's decoder: NSF-HiFiGAN (f0 models) or plain HiFi-GAN (no-f0 models), one class with an optional source.
+Applio's MRF HiFi-GAN is the same network with another source (``source="mrf"``) and a bias on ``conv_post``.
 
 Channels-last throughout: latent ``(B, T, inter_channels)`` at the frame rate -> audio ``(B, T·upp, 1)`` where
 ``upp = prod(upsample_rates)`` (samples per 100 fps frame, e.g. 400 at 40 kHz).
 
-The NSF source (``m_source``) turns f0 into a sine excitation the way rvc==0.3.5's ``SineGen`` does:
-phase = cumulative sum of ``f0/sr`` per sample (frame values held for ``upp`` samples), sine amplitude 0.1,
-unvoiced samples replaced by noise of std 0.1/3 and voiced ones get additive noise of std 0.003;
-``source = tanh(Linear(1→1)(sine))``. The phase is accumulated in float64 (torch's CPU cumsum accumulates in
-double too), so long files do not drift.
+Sources (f0 -> excitation ``(B, T·upp, 1)``):
+
+* ``nsf`` (rvc==0.3.5 ``SineGen``, one harmonic): phase = cumulative sum of ``f0/sr`` per sample (frame values
+  held for ``upp`` samples), sine amplitude 0.1, unvoiced samples replaced by noise of std 0.1/3 and voiced ones
+  get additive noise of std 0.003; ``source = tanh(Linear(1→1)(sine))``.
+* ``mrf`` (Applio ``SineGenerator`` with 8 overtones): f0 nearest-upsampled to the sample rate, harmonics
+  ``f0·1..9``, per-sample phase sum with a random initial phase on harmonics 2..9, the same amplitudes and noise;
+  ``source = tanh(Linear(9→1)(sines))``. The same per-sample source (one harmonic) drives RefineGAN.
+
+Phases are accumulated in float64 (torch's CPU cumsum accumulates in double too), so long files do not drift.
 """
 
 from __future__ import annotations
@@ -34,12 +40,15 @@ TILE_FRAMES = 250  # longest decoder tile (frames of 10 ms) when fast path ``til
 class SourceNoise:
     """Random inputs of the NSF source. ``None`` fields are drawn by the caller's policy (see Synthesizer).
 
-    ``phase``: initial phase of the fundamental, in cycles (scalar or ``(B,)``).
-    ``noise``: standard-normal additive noise ``(B, T·upp)``.
+    ``phase``: initial phase in cycles: of the fundamental (scalar or ``(B,)``, ``nsf``), or of each harmonic
+    ``(B, H)`` (per-sample sources; Applio keeps the fundamental's at 0).
+    ``noise``: standard-normal additive noise ``(B, T·upp)`` or ``(B, T·upp, H)``.
+    ``key``: PRNG key for noise drawn inside the decoder (RefineGAN's AdaIN); ``None``: that noise is zero.
     """
 
     phase: mx.array | float | None = None
     noise: mx.array | None = None
+    key: mx.array | None = None
 
 
 def leaky_relu(x: mx.array, slope: float) -> mx.array:
@@ -67,6 +76,48 @@ def sine_phase(f0: mx.array, upp: int, sample_rate: int, phase: mx.array | float
         ph = ph - mx.floor(ph)
         ph = ph.reshape(ph.shape[0], -1).astype(mx.float32)
     return ph
+
+
+def wrapped_cumsum(rad: mx.array, axis: int = 1) -> mx.array:
+    """Running sum of ``rad`` (cycles) along ``axis``, wrapped to [0, 1): accumulated in float64, returned as float32."""
+    with mx.stream(mx.cpu):  # float64 lives on the CPU stream only; this is O(samples) work either way
+        ph = mx.cumsum(rad.astype(mx.float64), axis=axis)
+        return (ph - mx.floor(ph)).astype(mx.float32)
+
+
+def harmonic_sines(f0: mx.array, sample_rate: int, harmonics: int, noise: SourceNoise) -> mx.array:
+    """Applio's per-sample harmonic source before the merge: ``f0 (B, L)`` Hz at the sample rate ->
+    ``(B, L, harmonics)`` float32 (sines of amplitude 0.1 on voiced samples, plus noise).
+
+    Harmonic ``h`` has ``rad = (f0·(h+1)/sr) mod 1``; its phase is the running sum of ``rad`` plus the initial phase
+    ``noise.phase[:, h]`` (added to the first sample, so it offsets every sample)."""
+    f0 = f0.astype(mx.float32)
+    f0_h = f0[..., None] * mx.arange(1, harmonics + 1, dtype=mx.float32)  # (B, L, H)
+    rad = mx.remainder(f0_h / sample_rate, 1.0)
+    ph = wrapped_cumsum(rad)
+    if noise.phase is not None:
+        ph = ph + mx.array(noise.phase, dtype=mx.float32).reshape(-1, 1, harmonics)
+    sines = mx.sin(ph * 2 * math.pi) * SINE_AMP
+    uv = (f0 > VOICED_THRESHOLD).astype(mx.float32)[..., None]
+    sines = sines * uv
+    if noise.noise is not None:
+        n = noise.noise.reshape(sines.shape)
+        sines = sines + (uv * NOISE_STD + (1 - uv) * UNVOICED_NOISE_STD) * n
+    return sines
+
+
+class HarmonicSource(nn.Module):
+    """Per-sample harmonic source merged to one channel: f0 ``(B, L)`` at the sample rate -> ``(B, L, 1)``.
+    Parameters ``l_linear`` (Linear ``harmonics→1``; MRF has a bias, RefineGAN's ``merge`` has none)."""
+
+    def __init__(self, sample_rate: int, harmonics: int, bias: bool = True):
+        super().__init__()
+        self.sample_rate = sample_rate
+        self.harmonics = harmonics
+        self.l_linear = nn.Linear(harmonics, 1, bias=bias)
+
+    def __call__(self, f0: mx.array, noise: SourceNoise) -> mx.array:
+        return mx.tanh(self.l_linear(harmonic_sines(f0, self.sample_rate, self.harmonics, noise)))
 
 
 class SourceModuleHnNSF(nn.Module):
@@ -109,11 +160,16 @@ class ResBlock1(nn.Module):
         return x
 
 
+SOURCES = ("nsf", "mrf")
+MRF_HARMONICS = 9  # Applio's HiFiGANMRFGenerator: harmonic_num=8 overtones + the fundamental
+
+
 class Generator(nn.Module):
-    """HiFi-GAN decoder, with the NSF source when ``sample_rate`` is given (f0 models).
+    """HiFi-GAN decoder, with a source when ``sample_rate`` is given (f0 models): ``nsf`` (RVC) or ``mrf``
+    (Applio's MRF HiFi-GAN: per-sample 9-harmonic source, ``conv_post`` with bias).
 
     Parameter names mirror rvc's ``GeneratorNSF``/``Generator``: conv_pre, cond, ups, noise_convs, resblocks,
-    conv_post, m_source.l_linear.
+    conv_post, m_source.l_linear (MRF checkpoints are renamed to these at conversion).
     """
 
     def __init__(
@@ -126,8 +182,12 @@ class Generator(nn.Module):
         upsample_kernel_sizes: list[int],
         gin_channels: int,
         sample_rate: int | None = None,
+        source: str = "nsf",
     ):
         super().__init__()
+        if source not in SOURCES:
+            raise ValueError(f"unknown source {source!r} (choose from {', '.join(SOURCES)})")
+        self.source = source
         self.num_kernels = len(resblock_kernel_sizes)
         self.upp = math.prod(upsample_rates)
         self.use_source = sample_rate is not None
@@ -144,14 +204,17 @@ class Generator(nn.Module):
             if self.use_source:
                 if i + 1 < len(upsample_rates):
                     s = math.prod(upsample_rates[i + 1 :])
-                    self.noise_convs.append(Conv1d(1, c_out, 2 * s, stride=s, padding=s // 2))
+                    k_noise = 2 * s - (s % 2 if source == "mrf" else 0)
+                    self.noise_convs.append(Conv1d(1, c_out, k_noise, stride=s, padding=s // 2))
                 else:
                     self.noise_convs.append(Conv1d(1, c_out, 1))
             for rk, rd in zip(resblock_kernel_sizes, resblock_dilation_sizes):
                 self.resblocks.append(ResBlock1(c_out, rk, rd))
-        self.conv_post = Conv1d(c_out, 1, 7, padding=3, bias=False)
+        self.conv_post = Conv1d(c_out, 1, 7, padding=3, bias=source == "mrf")
         if self.use_source:
-            self.m_source = SourceModuleHnNSF(sample_rate)
+            self.m_source = (
+                SourceModuleHnNSF(sample_rate) if source == "nsf" else HarmonicSource(sample_rate, MRF_HARMONICS)
+            )
 
     def receptive_radius(self) -> float:
         """How far (in frames) an output sample can see into the input latent, on either side: the sum of every
@@ -181,7 +244,7 @@ class Generator(nn.Module):
         if self.use_source:
             if f0 is None:
                 raise ValueError("this generator needs f0")
-            har = self.m_source(f0, self.upp, noise or SourceNoise())
+            har = self.excitation(f0, noise or SourceNoise())
         t, halo = x.shape[1], self.halo()
         streams = lanes()
         spans = tile_spans(t, halo, len(streams)) if enabled("tile") else [(0, t)]
@@ -201,6 +264,26 @@ class Generator(nn.Module):
                 mx.eval(outs[-len(group) :])
         mx.clear_cache()  # tile temporaries are not needed by the next stage
         return mx.concatenate(outs, axis=1)
+
+    def excitation(self, f0: mx.array, noise: SourceNoise) -> mx.array:
+        """f0 ``(B, T)`` Hz at the frame rate -> source ``(B, T·upp, 1)``."""
+        if self.source == "nsf":
+            return self.m_source(f0, self.upp, noise)
+        return self.m_source(mx.repeat(f0, self.upp, axis=1), noise)  # nearest upsampling, as Applio's MRF
+
+    def noise_shape(self, t: int) -> tuple[int, ...] | None:
+        """Shape of the additive source noise for ``t`` frames (batch of 1), None without a source."""
+        if not self.use_source:
+            return None
+        return (1, t * self.upp) if self.source == "nsf" else (1, t * self.upp, MRF_HARMONICS)
+
+    def random_phase(self, key: mx.array) -> mx.array | None:
+        """Initial phases drawn the way the reference does: none for RVC's NSF (rvc zeroes the fundamental's),
+        uniform for MRF's overtones 2..9 (the fundamental's stays 0)."""
+        if self.source == "nsf" or not self.use_source:
+            return None
+        phase = mx.random.uniform(shape=(1, MRF_HARMONICS), key=key)
+        return mx.concatenate([mx.zeros((1, 1)), phase[:, 1:]], axis=1)
 
     def halo(self) -> int:
         """Frames of context each tile gets on both sides: the receptive radius rounded up, plus one."""

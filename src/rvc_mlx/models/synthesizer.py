@@ -4,15 +4,16 @@ features ``(T, 256|768)`` @100 fps + coarse pitch + f0 + speaker
   -> ``enc_p`` (TextEncoder: relative-position transformer) -> ``m_p, logs_p`` ``(B, T, inter)``
   -> ``z_p = m_p + exp(logs_p) · ε · 0.66666``
   -> ``flow`` in reverse (4 mean-only coupling layers, each preceded by a channel flip) -> ``z``
-  -> ``dec`` (NSF-HiFiGAN, or HiFi-GAN for no-f0 models) -> audio ``(T · upp,)`` at the model's sample rate.
+  -> ``dec`` (the vocoder: NSF-HiFiGAN, HiFi-GAN for no-f0 models, or Applio's MRF HiFi-GAN / RefineGAN)
+  -> audio ``(T · upp,)`` at the model's sample rate.
 
 Parameter names mirror PyTorch: ``enc_p``, ``flow.flows.{0,2,4,6}`` (odd indices are weightless flips, kept as
 empty modules so the indices stay those of the checkpoint), ``dec``, ``emb_g``.
 
 Randomness: the reference draws ``ε`` for z_p, an initial sine phase (which rvc==0.3.5 then zeroes for the
-fundamental, the only harmonic RVC uses — so our default is 0 too) and the NSF additive noise. ``noise="none"``
-zeroes all three (deterministic mode); ``noise="default"`` draws ε and the additive noise from ``seed``;
-a :class:`Noise` gives them explicitly.
+fundamental, the only harmonic RVC uses — so our default is 0 too; Applio's MRF draws one per overtone), the
+source's additive noise and, for RefineGAN, AdaIN noise inside the decoder. ``noise="none"`` zeroes all of them
+(deterministic mode); ``noise="default"`` draws them from ``seed``; a :class:`Noise` gives them explicitly.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from ..nn import fastmath
 from ..nn.attention import RelativeMultiHeadAttention
 from ..nn.conv import Conv1d
 from .generator import Generator, SourceNoise, leaky_relu
+
+VOCODERS = ("HiFi-GAN", "MRF HiFi-GAN", "RefineGAN")  # Applio's names, as in a checkpoint's ``vocoder``
 
 Z_NOISE_SCALE = 0.66666  # rvc's noise scale on z_p at inference
 EMBED_LRELU_SLOPE = 0.1
@@ -58,6 +61,7 @@ class SynthesizerConfig:
     upsample_initial_channel: int = 512
     upsample_kernel_sizes: list = field(default_factory=lambda: [16, 16, 4, 4])
     gin_channels: int = 256
+    vocoder: str = "HiFi-GAN"
 
     @classmethod
     def from_dict(cls, d: dict) -> "SynthesizerConfig":
@@ -75,13 +79,15 @@ class Noise:
     """Explicit random inputs (standard normal); ``None`` means zero.
 
     ``z``: ``(B, T, inter_channels)`` for z_p; ``phase``: initial sine phase in cycles;
-    ``source``: ``(B, T·upp)`` NSF additive noise; ``scale``: multiplier of ``z`` (rvc: 0.66666).
+    ``source``: ``(B, T·upp)`` additive source noise (``(B, T·upp, 9)`` for MRF); ``scale``: multiplier of ``z``
+    (rvc: 0.66666); ``key``: PRNG key for the decoder's own noise (RefineGAN's AdaIN), None: zero.
     """
 
     z: mx.array | None = None
     phase: mx.array | float | None = None
     source: mx.array | None = None
     scale: float = Z_NOISE_SCALE
+    key: mx.array | None = None
 
 
 class LayerNorm(nn.Module):
@@ -224,6 +230,30 @@ class ResidualCouplingBlock(nn.Module):
         return x
 
 
+def build_decoder(config: SynthesizerConfig) -> nn.Module:
+    """The vocoder named by ``config.vocoder``. Every decoder maps ``(z (B, T, inter), f0 (B, T) Hz,
+    g (B, 1, gin), SourceNoise)`` to audio ``(B, T·upp, 1)`` and has ``noise_shape(t)`` / ``random_phase(key)``."""
+    if config.vocoder not in VOCODERS:
+        raise InputError(f"vocoder {config.vocoder!r} is not supported (choose from {', '.join(VOCODERS)})")
+    if config.vocoder != "HiFi-GAN" and not config.use_f0:
+        raise InputError(f"the {config.vocoder} vocoder needs an f0 model (Applio has no pitchless variant)")
+    if config.vocoder == "RefineGAN":
+        from .refinegan import RefineGANGenerator
+
+        return RefineGANGenerator(config.sample_rate, config.upsample_rates, config.inter_channels, config.gin_channels)
+    return Generator(
+        config.inter_channels,
+        config.resblock_kernel_sizes,
+        config.resblock_dilation_sizes,
+        config.upsample_rates,
+        config.upsample_initial_channel,
+        config.upsample_kernel_sizes,
+        config.gin_channels,
+        sample_rate=config.sample_rate if config.use_f0 else None,
+        source="mrf" if config.vocoder == "MRF HiFi-GAN" else "nsf",
+    )
+
+
 class Synthesizer(nn.Module):
     """An RVC voice model. Build from a :class:`SynthesizerConfig`, or ``Synthesizer.load(path)``."""
 
@@ -232,16 +262,7 @@ class Synthesizer(nn.Module):
         self.config = config
         self.enc_p = TextEncoder(config)
         self.flow = ResidualCouplingBlock(config.inter_channels, config.hidden_channels, config.gin_channels)
-        self.dec = Generator(
-            config.inter_channels,
-            config.resblock_kernel_sizes,
-            config.resblock_dilation_sizes,
-            config.upsample_rates,
-            config.upsample_initial_channel,
-            config.upsample_kernel_sizes,
-            config.gin_channels,
-            sample_rate=config.sample_rate if config.use_f0 else None,
-        )
+        self.dec = build_decoder(config)
         self.emb_g = nn.Embedding(config.n_speakers, config.gin_channels)
 
     @classmethod
@@ -289,10 +310,11 @@ class Synthesizer(nn.Module):
         if noise != "default":
             raise InputError(f"noise must be 'default', 'none' or a Noise, got {noise!r}")
         key = mx.random.key(seed) if seed is not None else mx.random.key(int(np.random.SeedSequence().entropy % 2**63))
-        kz, ks = mx.random.split(key)
+        kz, ks, kp, kd = mx.random.split(key, 4)
         z = mx.random.normal((1, t, self.config.inter_channels), key=kz)
-        source = mx.random.normal((1, t * self.config.upp), key=ks) if self.config.use_f0 else None
-        return Noise(z=z, source=source)
+        shape = self.dec.noise_shape(t)
+        source = mx.random.normal(shape, key=ks) if shape else None
+        return Noise(z=z, phase=self.dec.random_phase(kp), source=source, key=kd)
 
     # -- forward ----------------------------------------------------------------------------------------------
 
@@ -308,7 +330,7 @@ class Synthesizer(nn.Module):
         m_p, logs_p = self.enc_p(x, pitch)
         z_p = m_p if nz.z is None else m_p + mx.exp(logs_p) * nz.z * nz.scale
         z = self.flow.reverse(z_p, g)
-        src = SourceNoise(phase=nz.phase, noise=nz.source)
+        src = SourceNoise(phase=nz.phase, noise=nz.source, key=nz.key)
         audio = self.dec(z, f0, g, src).reshape(-1)
         return {"m_p": m_p, "logs_p": logs_p, "z_p": z_p, "z": z, "audio": audio}
 
