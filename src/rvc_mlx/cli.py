@@ -1,5 +1,5 @@
-"""The core ``rvc-mlx`` subcommands (convert, info, infer, batch, pitch, demo, download, dump, compare, voice,
-preset).
+"""The core ``rvc-mlx`` subcommands (convert, blend, info, infer, batch, pitch, demo, download, dump, compare,
+voice, preset).
 
 A front end: every subcommand calls the service layer or the library. ``rvc_mlx.command`` gathers these and the
 other front ends' subcommands into the one ``rvc-mlx`` command.
@@ -30,6 +30,28 @@ def cmd_convert(args) -> int:
     weights, config = convert_file(args.input, kind=args.kind)
     store.save(out, weights, config)
     print(f"{out}: {config['kind']} model, {sum(w.size for w in weights.values()):,} parameters")
+    return 0
+
+
+def cmd_blend(args) -> int:
+    from . import store
+    from .blend import blend_voices
+
+    out = Path(args.output)
+    if out.suffix == "":
+        out = out.with_suffix(".safetensors")
+    if out.suffix.lower() != ".safetensors":
+        raise RvcMlxError(f"{out}: blend writes a converted voice; name the output NAME.safetensors")
+    if out.resolve() in (Path(args.a).resolve(), Path(args.b).resolve()):
+        raise RvcMlxError(f"{out}: output would overwrite an input")
+    weights, config = blend_voices(args.a, args.b, args.ratio)
+    store.save(out, weights, config)
+    blend = config["blend"]
+    if blend["method"] == "converted":
+        print("note: an input is a converted .safetensors, so the fused weights were blended (close to, not the "
+              "same as, blending the two .pth files)", file=sys.stderr)
+    print(f"{out}: {blend['ratio']:g} x {blend['a']} + {1 - blend['ratio']:g} x {blend['b']} "
+          f"({config['version']}, {config['sample_rate']} Hz, {config['n_speakers']} speakers)")
     return 0
 
 
@@ -227,6 +249,7 @@ def cmd_compare(args) -> int:
 
 def add_commands(sub) -> None:
     """Register the core subcommands on the ``rvc-mlx`` command's subparsers."""
+    from .blend import DEFAULT_RATIO
     from .f0 import METHOD_MODULES
     from .service.args import add_option_flags
 
@@ -235,6 +258,20 @@ def add_commands(sub) -> None:
     p.add_argument("-o", "--output", help="output .safetensors (default: next to the input)")
     p.add_argument("--kind", choices=("voice", "hubert", "rmvpe", "crepe", "fcpe"), help="skip auto-detection")
     p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser(
+        "blend", help="blend two voices (Applio's model blender): ratio x A + (1 - ratio) x B",
+        description="Blend two voices of the same architecture as Applio's model blender does: two .pth files are "
+        "blended tensor by tensor (weight-norm parts separately, in float32, stored as float16) and the blend is "
+        "converted. If an input is an already converted .safetensors, the converted (weight-norm fused) weights "
+        "are blended instead, which is close to but not the same as blending the .pth files. Speaker tables of "
+        "different sizes are cut to the smaller one. Writes a converted .safetensors voice.")
+    p.add_argument("a", help="voice A: an RVC .pth or a converted .safetensors")
+    p.add_argument("b", help="voice B, of the same architecture (sample rate, version, f0, vocoder)")
+    p.add_argument("--ratio", type=float, default=DEFAULT_RATIO, help=f"share of A, 0..1 (default {DEFAULT_RATIO})")
+    p.add_argument("-o", "--output", required=True,
+                   help="the blended voice, written as a converted .safetensors (suffix added if missing)")
+    p.set_defaults(func=cmd_blend)
 
     p = sub.add_parser("info", help="describe a model file (.pth or converted .safetensors)")
     p.add_argument("file")
