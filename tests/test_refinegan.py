@@ -8,7 +8,6 @@ ours in call order). Reference weights and outputs are cached under pytest's cac
 
 from __future__ import annotations
 
-import functools
 import math
 
 import mlx.core as mx
@@ -16,100 +15,15 @@ import numpy as np
 import pytest
 import torch
 
-from rvc_mlx.convert.common import apply_rules, fuse_weight_norms
-from rvc_mlx.convert.rvc import REFINEGAN_RULES
 from rvc_mlx.models import refinegan as R
 from rvc_mlx.models.generator import SourceNoise
 from rvc_mlx.models.synthesizer import SynthesizerConfig, build_decoder
 from rvc_mlx.store import load_into
+from tests.reference.refinegan_models import CONFIGS, deterministic, inputs, reference
 
 MAX_ABS = 1e-4
 MIN_CORR = 0.99999
-CONFIGS = {24000: [10, 6, 2, 2], 32000: [10, 8, 2, 2], 40000: [10, 10, 2, 2], 48000: [12, 10, 2, 2]}
 FAST = {(32000, 1), (32000, 7), (32000, 200), (24000, 7), (24000, 200), (48000, 7)}  # default set; rest slow
-INTER, GIN = 192, 256
-OUTPUT_STD = 0.15  # pre-tanh std the weights are calibrated to (a healthy, nearly linear tanh)
-CALIBRATION_FRAMES = 40
-GAINS = {"convs1": 0.6, "convs2": 0.6, "input_conv": 1.0, "downsample_blocks": 1.4, "pre_conv": 1.0,
-         "mel_conv": 1.0, "cond": 0.5}  # per-output-channel weight norms (variance-preserving scale ~1)
-
-
-def _reference_class():
-    from ultimate_rvc.rvc.lib.algorithm.generators.refinegan import RefineGANGenerator
-
-    return RefineGANGenerator
-
-
-def _build_reference(sr: int) -> torch.nn.Module:
-    """Applio's construction (synthesizers.py) with seeded weights scaled for speech-like activations."""
-    rates = CONFIGS[sr]
-    torch.manual_seed(sr)
-    net = _reference_class()(
-        sample_rate=sr, downsample_rates=rates[::-1], upsample_rates=rates, start_channels=16, num_mels=INTER
-    ).eval()
-    gen = torch.Generator().manual_seed(sr + 1)
-    with torch.no_grad():
-        for name, module in net.named_modules():
-            if not isinstance(module, torch.nn.Conv1d):
-                continue
-            gain = next((v for k, v in GAINS.items() if k in name), 1.0)
-            jitter = 1 + 0.2 * (torch.rand(module.out_channels, generator=gen) * 2 - 1)
-            if hasattr(module, "parametrizations"):  # weight norm: g sets each output channel's norm
-                p = module.parametrizations.weight
-                p.original1.copy_(torch.randn(p.original1.shape, generator=gen))
-                p.original0.copy_((gain * jitter).reshape(p.original0.shape))
-            else:
-                w = torch.randn(module.weight.shape, generator=gen)
-                w = w / w.flatten(1).norm(dim=1)[:, None, None] * (gain * jitter)[:, None, None]
-                module.weight.copy_(w)
-            if module.bias is not None:
-                module.bias.copy_(0.02 * torch.randn(module.bias.shape, generator=gen))
-        for name, param in net.named_parameters():
-            if name.endswith(("0.weight", "2.weight")) and ".blocks." in name and param.ndim == 1:  # AdaIN
-                param.copy_(0.05 + 0.25 * torch.rand(param.shape, generator=gen))
-        net.m_source.merge[0].weight.fill_(2.0)
-        # Calibrate conv_post (linear, no bias) so the pre-tanh output has OUTPUT_STD.
-        z, f0, g = _inputs(CALIBRATION_FRAMES, seed=99)
-        captured = {}
-        hook = net.conv_post.register_forward_hook(lambda m, i, o: captured.setdefault("y", o))
-        with _deterministic():
-            net(z, f0, g)
-        hook.remove()
-        net.conv_post.parametrizations.weight.original0.mul_(OUTPUT_STD / captured["y"].std())
-    return net
-
-
-class _deterministic:
-    """Patch torch's random draws to zeros (RefineGAN's only randomness: sine noise, AdaIN noise, initial phase)."""
-
-    def __enter__(self):
-        self.saved = torch.randn_like, torch.rand
-        torch.randn_like = lambda x, *a, **k: torch.zeros_like(x)
-        torch.rand = lambda *a, **k: torch.zeros(*a, **{k_: v for k_, v in k.items() if k_ != "generator"})
-
-    def __exit__(self, *exc):
-        torch.randn_like, torch.rand = self.saved
-
-
-def _inputs(frames: int, seed: int = 0):
-    """z ``(1, 192, T)``, f0 ``(1, T)`` Hz (a glide with unvoiced gaps), g ``(1, 256, 1)``."""
-    rng = np.random.default_rng(seed)
-    z = rng.standard_normal((1, INTER, frames)).astype(np.float32)
-    t = np.arange(frames)
-    f0 = 140 + 60 * np.sin(2 * np.pi * t / 90) + 10 * rng.standard_normal(frames)
-    if frames > 7:
-        f0[(t % 50) >= 42] = 0.0  # unvoiced stretches
-    elif frames == 7:
-        f0[5] = 0.0
-    g = rng.standard_normal((1, GIN, 1)).astype(np.float32)
-    return torch.from_numpy(z), torch.from_numpy(f0.astype(np.float32))[None], torch.from_numpy(g)
-
-
-def convert(state: dict) -> dict[str, mx.array]:
-    """The project's converter pieces on a decoder state dict -> our parameter names."""
-    state = {"dec." + k: v.detach().numpy() for k, v in state.items()}
-    weights = apply_rules(fuse_weight_norms(state), REFINEGAN_RULES, [], "refinegan test")
-    return {k[len("dec.") :]: mx.array(v) for k, v in weights.items()}
 
 
 def _ours(sr: int, weights: dict) -> R.RefineGANGenerator:
@@ -119,41 +33,21 @@ def _ours(sr: int, weights: dict) -> R.RefineGANGenerator:
     return model
 
 
-@functools.lru_cache(maxsize=None)
-def _reference(sr: int, cache_dir: str):
-    """(torch model, converted weights) for a rate; the state dict is cached (building it takes seconds)."""
-    path = f"{cache_dir}/refinegan-{sr}.pt"
-    net = None
-    try:
-        state = torch.load(path, weights_only=True)
-    except FileNotFoundError:
-        net = _build_reference(sr)
-        state = net.state_dict()
-        torch.save(state, path)
-    if net is None:
-        rates = CONFIGS[sr]
-        net = _reference_class()(
-            sample_rate=sr, downsample_rates=rates[::-1], upsample_rates=rates, start_channels=16, num_mels=INTER
-        ).eval()
-        net.load_state_dict(state)
-    return net, convert(state)
-
-
 def _reference_output(sr: int, frames: int, cache_dir: str) -> np.ndarray:
     path = f"{cache_dir}/refinegan-{sr}-{frames}.npy"
     try:
         return np.load(path)
     except FileNotFoundError:
         pass
-    net, _ = _reference(sr, cache_dir)
-    with torch.no_grad(), _deterministic():
-        y = net(*_inputs(frames)).numpy()[0, 0]
+    net, _ = reference(sr, cache_dir)
+    with torch.no_grad(), deterministic():
+        y = net(*inputs(frames)).numpy()[0, 0]
     np.save(path, y)
     return y
 
 
 def _run(model, frames: int, noise: SourceNoise | None = None) -> np.ndarray:
-    z, f0, g = _inputs(frames)
+    z, f0, g = inputs(frames)
     y = model(mx.array(z.numpy().transpose(0, 2, 1)), mx.array(f0.numpy()), mx.array(g.numpy().transpose(0, 2, 1)),
               noise)
     return np.array(y)[0, :, 0]
@@ -173,7 +67,7 @@ def _cases():
 @pytest.mark.parametrize("sr,frames", list(_cases()))
 def test_deterministic_parity(sr, frames, ref_cache):
     ref = _reference_output(sr, frames, str(ref_cache))
-    _, weights = _reference(sr, str(ref_cache))
+    _, weights = reference(sr, str(ref_cache))
     ours = _run(_ours(sr, weights), frames)
     assert ours.shape == ref.shape == (frames * math.prod(CONFIGS[sr]),)
     err = float(np.abs(ours - ref).max())
@@ -185,14 +79,15 @@ def test_deterministic_parity(sr, frames, ref_cache):
 
 
 def test_seeded_fault_is_caught(ref_cache):
-    """A small perturbation of one conv (stage 1's input_conv) moves the output far beyond the tolerance."""
+    """One conv off (stage 1's input_conv with one of its 128 output channels' taps reversed, a layout-bug-sized
+    fault) moves the output far beyond the tolerance."""
     sr, frames = 32000, 200
     ref = _reference_output(sr, frames, str(ref_cache))
-    _, weights = _reference(sr, str(ref_cache))
+    _, weights = reference(sr, str(ref_cache))
     faulty = dict(weights)
     name = "upsample_conv_blocks.1.input_conv.weight"
     w = np.array(faulty[name])
-    w[5, 3, 17] += 0.05 * np.abs(w).max()
+    w[5] = w[5, ::-1]
     faulty[name] = mx.array(w)
     ours = _run(_ours(sr, faulty), frames)
     err, corr = float(np.abs(ours - ref).max()), _corr(ours, ref)
@@ -204,7 +99,7 @@ def test_noisy_parity(ref_cache):
     """Sine and AdaIN noise on: the reference's randn_like replays ours (sine noise first, then the 24 AdaIN draws
     in call order); the noise moves the output far beyond the tolerance."""
     sr, frames = 32000, 60
-    net, weights = _reference(sr, str(ref_cache))
+    net, weights = reference(sr, str(ref_cache))
     model = _ours(sr, weights)
     key = mx.random.key(7)
     source = mx.random.normal(model.noise_shape(frames), key=mx.random.key(8))
@@ -232,7 +127,7 @@ def test_noisy_parity(ref_cache):
     torch.rand = lambda *a, **k: torch.zeros(*a)
     try:
         with torch.no_grad():
-            ref = net(*_inputs(frames)).numpy()[0, 0]
+            ref = net(*inputs(frames)).numpy()[0, 0]
     finally:
         torch.randn_like, torch.rand = saved
     assert len(shapes) == 1 + R.ADAIN_DRAWS

@@ -28,6 +28,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
+from ..backend import enabled, lane_blas, lanes
 from ..nn.conv import Conv1d
 from .generator import HarmonicSource, SourceNoise, leaky_relu
 
@@ -45,6 +46,9 @@ ADAIN_DRAWS = STAGES * ADAIN_PER_STAGE
 SINC_ZERO_CROSSINGS = 64  # lowpass_filter_width
 SINC_ROLLOFF = 0.9475937167399596
 KAISER_BETA = 14.769656459379492
+# ParallelResBlocks run in time tiles of about this many values per channel-row (4 MB at float32), cut on a
+# multiple of the CPU lanes: cache-sized temporaries, and tiles evaluated in parallel (one stream per core).
+TILE_VALUES = 1 << 20
 # Decimator GEMM blocking: outputs per block (the Toeplitz matrices are (chunk, block), chunk = block·r samples).
 DECIMATE_BLOCK = 64
 
@@ -169,35 +173,70 @@ class AdaIN(nn.Module):
         super().__init__()
         self.weight = mx.full((channels,), 1e-4)
 
-    def __call__(self, x: mx.array, key: mx.array | None) -> mx.array:
-        if key is not None:
-            x = x + mx.random.normal(x.shape, key=key) * self.weight
+    def __call__(self, x: mx.array, noise: mx.array | None) -> mx.array:
+        if noise is not None:
+            x = x + noise * self.weight
         return leaky_relu(x, LRELU_SLOPE)
 
 
 class ParallelResBlock(nn.Module):
     """``input_conv`` (C_in -> C, kernel 7), then the mean of three AdaIN -> ResBlock(k) -> AdaIN branches.
-    ``(B, T, C_in)`` -> ``(B, T, C)``; ``keys``: 6 AdaIN keys in call order (or None)."""
+    ``(B, T, C_in)`` -> ``(B, T, C)``; ``noises``: the 6 AdaIN standard-normal draws ``(B, T, C)`` in call order
+    (or None: no noise)."""
 
     def __init__(self, in_channels: int, channels: int):
         super().__init__()
         self.input_conv = Conv1d(in_channels, channels, CONV_KERNEL, padding=CONV_KERNEL // 2)
         self.blocks = [[AdaIN(channels), ResBlock(channels, k), AdaIN(channels)] for k in RESBLOCK_KERNELS]
 
-    def __call__(self, x: mx.array, keys: list | None = None) -> mx.array:
+    def reach(self) -> int:
+        """Samples of input context an output sample depends on, on each side."""
+        res = max(sum(c.dilation * (c.weight.shape[1] - 1) // 2 for c in b[1].convs1 + b[1].convs2) for b in self.blocks)
+        return self.input_conv.weight.shape[1] // 2 + res
+
+    def __call__(self, x: mx.array, noises: list | None = None) -> mx.array:
         x = self.input_conv(x)
-        keys = keys or [None] * ADAIN_PER_STAGE
+        noises = noises or [None] * ADAIN_PER_STAGE
         total = None
         for j, (pre, res, post) in enumerate(self.blocks):
-            y = post(res(pre(x, keys[2 * j])), keys[2 * j + 1])
+            y = post(res(pre(x, noises[2 * j])), noises[2 * j + 1])
             total = y if total is None else total + y
         return total / len(self.blocks)
 
+    def tiled(self, x: mx.array, noises: list | None = None) -> mx.array:
+        """The same result computed in time tiles with ``reach()`` samples of real context on both sides (cut
+        off afterwards), groups of tiles evaluated in parallel on the CPU lanes."""
+        t, halo = x.shape[1], self.reach()
+        streams = lanes()
+        spans = tile_spans(t, max(TILE_VALUES // self.input_conv.weight.shape[0], 4 * halo), len(streams))
+        if len(spans) == 1:
+            return self(x, noises)
+        outs = []
+        with lane_blas(streams):
+            for first in range(0, len(spans), len(streams)):
+                group = spans[first : first + len(streams)]
+                for (start, end), stream in zip(group, streams):
+                    lo, hi = max(start - halo, 0), min(end + halo, t)
+                    with mx.stream(stream):
+                        tile_noise = None if noises is None else [n[:, lo:hi] for n in noises]
+                        outs.append(self(x[:, lo:hi], tile_noise)[:, start - lo : end - lo])
+                mx.eval(outs[-len(group) :])
+        return mx.concatenate(outs, axis=1)
 
-def adain_keys(key: mx.array | None) -> list:
-    """The 24 AdaIN keys in the reference's call order (stage, branch, before/after), or Nones."""
-    if key is None:
-        return [None] * ADAIN_DRAWS
+
+def tile_spans(t: int, longest: int, lanes: int = 1) -> list[tuple[int, int]]:
+    """``t`` samples cut into a multiple of ``lanes`` tiles of equal length, at most ``longest`` each (one tile
+    when ``t`` fits): ``[(start, end), ...]``."""
+    if t <= longest:
+        return [(0, t)]
+    count = lanes * math.ceil(t / (lanes * longest))
+    step = math.ceil(t / count)
+    return [(start, min(start + step, t)) for start in range(0, t, step)]
+
+
+def adain_keys(key: mx.array) -> list[mx.array]:
+    """The 24 AdaIN keys in the reference's call order (stage, branch, before/after); draw ``i`` is
+    ``mx.random.normal((B, L, C), key=keys[i])`` with that stage's output shape."""
     return list(mx.random.split(key, ADAIN_DRAWS))
 
 
@@ -253,10 +292,16 @@ class RefineGANGenerator(nn.Module):
         if g is not None and "cond" in self:
             h = h + self.cond(g)
         h = mx.concatenate([h, skips.pop()], axis=-1)
-        keys = adain_keys(noise.key)
+        keys = None if noise.key is None else adain_keys(noise.key)
         for i, (rate, block) in enumerate(zip(self.upsample_rates, self.upsample_conv_blocks)):
             h = upsample_linear(leaky_relu(h, LRELU_SLOPE), rate)
-            h = block(mx.concatenate([h, skips.pop()], axis=-1), keys[i * ADAIN_PER_STAGE : (i + 1) * ADAIN_PER_STAGE])
+            h = mx.concatenate([h, skips.pop()], axis=-1)
+            noises = None
+            if keys is not None:
+                shape = (h.shape[0], h.shape[1], block.input_conv.weight.shape[0])
+                noises = [mx.random.normal(shape, key=k) for k in keys[i * ADAIN_PER_STAGE : (i + 1) * ADAIN_PER_STAGE]]
+                mx.eval(noises)
+            h = block.tiled(h, noises) if enabled("tile") else block(h, noises)
             mx.eval(h)  # stage by stage: one lazy graph would keep every stage's temporaries alive
         return mx.tanh(self.conv_post(leaky_relu(h, LRELU_SLOPE)))
 
