@@ -6,8 +6,8 @@ The reference network is Applio's ``Synthesizer`` as ultimate-rvc 0.6.0 ships it
   rvc==0.3.5 v2 model of the same rate (same names and shapes in both projects); the decoder is
   - MRF HiFi-GAN: the calibrated NSF decoder's weights (MRF is the same body under other names), weight norm on
     ``conv_pre``/``conv_post``, a random ``conv_post`` bias and a 9→1 merge that weights every harmonic;
-  - RefineGAN: random weights scaled per layer, AdaIN scales raised so the noise matters, then ``conv_post``
-    calibrated like ``rvc_models.calibrate_output`` (speech-level audio, no DC).
+  - RefineGAN: random weights scaled per layer, AdaIN scales raised so the noise matters;
+  then ``conv_post`` is calibrated like ``rvc_models.calibrate_output`` (speech-level audio, no DC).
 * ``export_applio(model, ...)``: Applio's ``extract_model`` layout: fp16, enc_q dropped, ``weight_g/weight_v``
   names, ``config`` (18 items), integer ``sr``, ``f0``, ``version``, ``vocoder``, ``embedder_model`` and the rest.
 * ``reference_model(ckpt)``: what Applio's loader runs (``Synthesizer(*config, ..., vocoder)``, fp16 weights
@@ -65,6 +65,13 @@ def _set_weight(mod: torch.nn.Module, weight: torch.Tensor) -> None:
         mod.weight.data.copy_(weight)
 
 
+def _weight(mod: torch.nn.Module) -> torch.Tensor:
+    """A conv's effective weight; old-style weight norm (rvc) recomputes ``.weight`` only in forward."""
+    if hasattr(mod, "weight_g"):
+        return torch._weight_norm(mod.weight_v, mod.weight_g, 0).detach()
+    return mod.weight.detach()
+
+
 def _rand_conv(mod, gen, gain: float, bias_std: float = 0.02) -> None:
     w = mod.weight.detach()
     fan_in = w.shape[1] * w.shape[2]
@@ -87,11 +94,11 @@ def _copy_prior(model: torch.nn.Module, rvc_state: dict) -> None:
 @torch.no_grad()
 def _mrf_decoder(model: torch.nn.Module, rvc_model: torch.nn.Module, gen) -> None:
     dec, nsf = model.dec, rvc_model.dec
-    _set_weight(dec.conv_pre, nsf.conv_pre.weight.detach())
+    _set_weight(dec.conv_pre, _weight(nsf.conv_pre))
     dec.conv_pre.bias.copy_(nsf.conv_pre.bias)
     dec.cond.load_state_dict(nsf.cond.state_dict())
     for up, ref in zip(dec.upsamples, nsf.ups):
-        _set_weight(up, ref.weight.detach())
+        _set_weight(up, _weight(ref))
         up.bias.copy_(ref.bias)
     for nc, ref in zip(dec.noise_convs, nsf.noise_convs):
         nc.load_state_dict(ref.state_dict())
@@ -101,9 +108,9 @@ def _mrf_decoder(model: torch.nn.Module, rvc_model: torch.nn.Module, gen) -> Non
             ref = nsf.resblocks[k * i + j]
             for n, layer in enumerate(block.layers):
                 for conv, ref_conv in ((layer.conv1, ref.convs1[n]), (layer.conv2, ref.convs2[n])):
-                    _set_weight(conv, ref_conv.weight.detach())
+                    _set_weight(conv, _weight(ref_conv))
                     conv.bias.copy_(ref_conv.bias)
-    _set_weight(dec.conv_post, nsf.conv_post.weight.detach())
+    _set_weight(dec.conv_post, _weight(nsf.conv_post))
     dec.conv_post.bias.copy_(torch.randn(1, generator=gen) * 0.02)
     harmonics = dec.m_source.l_linear.weight.shape[1]
     dec.m_source.l_linear.weight.copy_(2.0 / torch.arange(1, harmonics + 1).float()[None])
@@ -163,9 +170,9 @@ def build_model(vocoder: str, sample_rate: int, cache: Path, seed: int = BUILD_S
         _mrf_decoder(model, R.reference_model(rvc_ckpt), gen)
     elif vocoder == "RefineGAN":
         _refinegan_decoder(model, gen)
-        calibrate_output(model, sample_rate)
-    elif vocoder != "HiFi-GAN":
+    else:
         raise ValueError(vocoder)
+    calibrate_output(model, sample_rate)
     return model
 
 

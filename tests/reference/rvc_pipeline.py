@@ -16,6 +16,10 @@ import torch
 
 from . import hubert_models, rmvpe_models, rvc_models
 
+# Applio voices by name: (vocoder, sample rate); their net_g is Applio's Synthesizer (see applio_models).
+APPLIO_VOICES = {"applio-mrf-40k": ("MRF HiFi-GAN", 40000), "applio-refinegan-32k": ("RefineGAN", 32000),
+                 "applio-refinegan-24k": ("RefineGAN", 24000), "applio-mrf-48k": ("MRF HiFi-GAN", 48000)}
+
 REFERENCE_CONFIG = SimpleNamespace(x_pad=1, x_query=6, x_center=38, x_max=41, is_half=False, device="cpu")
 INDEX_SEED = 7
 
@@ -54,16 +58,25 @@ class ReferenceModels:
         return out
 
     def voice(self, name: str):
-        """(converted path, torch reference net_g, torch checkpoint dict) for variant ``name`` e.g. "v2-40k-f0"."""
+        """(converted path, torch reference net_g, torch checkpoint dict) for variant ``name`` e.g. "v2-40k-f0",
+        or an Applio voice of ``APPLIO_VOICES``."""
         if name not in self._voices:
             from rvc_mlx import store
             from rvc_mlx.convert import convert_file
 
-            variant = next(v for v in rvc_models.VARIANTS if v.name == name)
-            pth = rvc_models.checkpoint_path(self.cache, variant)
-            ckpt = rvc_models.load_torch_checkpoint(pth)
+            if name in APPLIO_VOICES:
+                from . import applio_models
+
+                pth = applio_models.checkpoint_path(self.cache, *APPLIO_VOICES[name])
+                ckpt = rvc_models.load_torch_checkpoint(pth)
+                net_g = applio_models.reference_model(ckpt)
+            else:
+                variant = next(v for v in rvc_models.VARIANTS if v.name == name)
+                pth = rvc_models.checkpoint_path(self.cache, variant)
+                ckpt = rvc_models.load_torch_checkpoint(pth)
+                net_g = rvc_models.reference_model(ckpt)
             out = self._convert(pth, f"voice-{name}", store, convert_file)
-            self._voices[name] = (out, rvc_models.reference_model(ckpt), ckpt)
+            self._voices[name] = (out, net_g, ckpt)
         return self._voices[name]
 
     def index(self, dim: int) -> Path:

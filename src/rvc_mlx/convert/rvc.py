@@ -247,17 +247,18 @@ def convert_voice(ckpt: dict, source: str = "checkpoint") -> tuple[dict[str, np.
 
 
 def vocoder_of(ckpt: dict, state: dict, source: str) -> str:
-    """The vocoder of a checkpoint: its ``vocoder`` field (absent: HiFi-GAN), which the decoder's key names must
-    confirm. One-line errors for unknown vocoders, a field that disagrees with the weights, and the RefineGAN
-    layout of Applio 3.2.9 (which current Applio cannot load either)."""
-    named = str(ckpt.get("vocoder") or "HiFi-GAN")
+    """The vocoder of a checkpoint: its ``vocoder`` field, which the decoder's key names must confirm (absent:
+    the one the keys name, HiFi-GAN when they name none). One-line errors for unknown vocoders, a field that
+    disagrees with the weights, and the RefineGAN layout of Applio 3.2.9 (which current Applio cannot load
+    either)."""
+    found = [v for v, prefixes in VOCODER_KEYS.items() if any(k.startswith(prefixes) for k in state)]
+    named = str(ckpt.get("vocoder") or (found[0] if found else "HiFi-GAN"))
     canonical = {v.lower().replace("-", "").replace(" ", ""): v for v in VOCODERS}
     vocoder = canonical.get(named.lower().replace("-", "").replace(" ", ""))
     if vocoder is None:
         raise ConversionError(
             f"{source}: vocoder {named!r} is not supported (rvc-mlx reads {', '.join(VOCODERS)})"
         )
-    found = [v for v, prefixes in VOCODER_KEYS.items() if any(k.startswith(prefixes) for k in state)]
     if found and found[0] != vocoder:
         raise ConversionError(f"{source}: the checkpoint says vocoder {named!r} but its decoder weights are {found[0]}'s")
     pre = state.get("dec.pre_conv.weight_v", state.get("dec.pre_conv.parametrizations.weight.original1"))
