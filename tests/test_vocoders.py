@@ -194,3 +194,23 @@ def test_infer_matches_rvc_pipeline_driving_applio(models, voice, tmp_path, caps
     corr = _corr(got, want.astype(np.float64) / 32768.0)
     print(f"{voice}: corr {corr:.7f}")
     assert corr >= MIN_E2E_CORR
+
+
+@pytest.mark.parametrize("voice", ["applio-mrf-40k", "applio-refinegan-32k"])
+def test_info_and_ios_export_carry_the_vocoder(models, voice, tmp_path, capsys):
+    import json
+
+    from rvc_mlx.export import export_bundle, load_bundle
+
+    path, _, ckpt = models.voice(voice)
+    pth = A.checkpoint_path(models.cache, ckpt["vocoder"], ckpt["sr"])
+    code = main(["info", str(pth), "--json"])
+    assert code == 0 and json.loads(capsys.readouterr().out)["vocoder"] == ckpt["vocoder"]
+    manifest = export_bundle(tmp_path / "b", path, models.hubert_path, models.rmvpe_path, golden=False)
+    assert manifest["voice"]["vocoder"] == ckpt["vocoder"]
+    layouts = manifest["files"]["voice.safetensors"]["tensors"]
+    dec = {t["name"]: t["layout"] for t in layouts if t["name"].startswith("dec.")}
+    assert dec and set(dec.values()) <= {"conv1d", "conv_transpose1d", "keep"}
+    assert f"vocoder {ckpt['vocoder']}" in (tmp_path / "b" / "FORMAT.md").read_text()
+    converter = load_bundle(tmp_path / "b")
+    assert converter.synthesizer.config.vocoder == ckpt["vocoder"]

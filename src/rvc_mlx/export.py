@@ -163,7 +163,8 @@ def _format_doc(manifest: dict) -> str:
     facts = [
         "", "## This bundle", "",
         f"* voice: RVC {voice.get('version')}, {voice.get('sample_rate')} Hz, "
-        f"{'pitch-guided (NSF)' if voice.get('use_f0') else 'no pitch'}, {voice.get('feature_dim')}-d features, "
+        f"{'pitch-guided' if voice.get('use_f0') else 'no pitch'}, vocoder {voice.get('vocoder', 'HiFi-GAN')} "
+        f"(§4), {voice.get('feature_dim')}-d features, "
         f"{voice.get('n_speakers')} speaker(s), upsample rates {voice.get('upsample_rates')}",
         f"* tensors stored as {manifest['dtype']}",
         f"* files: {', '.join(sorted(manifest['files']))}",
@@ -229,7 +230,8 @@ def export_bundle(out_dir, voice, hubert, rmvpe=None, index=None, *, fp16: bool 
             "created_by": f"rvc-mlx {__version__}", "dtype": "float16" if fp16 else "float32",
             "sample_rates": {"input": 16000, "model": voice_cfg["sample_rate"], "f0_frame_rate": 100,
                              "feature_frame_rate": 50},
-            "voice": {k: voice_cfg.get(k) for k in ("version", "sample_rate", "use_f0", "feature_dim", "n_speakers")},
+            "voice": {k: voice_cfg.get(k) for k in ("version", "sample_rate", "use_f0", "feature_dim", "n_speakers",
+                                                  "vocoder")},
             "pipeline": pipeline_constants(),
             "files": files,
             "golden": golden_entries,
