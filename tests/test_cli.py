@@ -5,12 +5,10 @@ Bad input must give one line on stderr, a non-zero exit and no output file.
 
 from __future__ import annotations
 
-import http.server
 import json
 import os
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +16,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from rvc_mlx.command import main
+from tests.cli_support import place, run_cli, serve_hub, speech_clip
 from tests.reference import hubert_models, rmvpe_models, rvc_models
 from tests.reference.rvc_pipeline import ReferenceModels
 
@@ -32,15 +30,10 @@ def models(ref_cache):
 
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory):
-    path = tmp_path_factory.mktemp("audio") / "speech.wav"
-    sf.write(path, hubert_models.speech_like(int(SR16 * 0.6) + 3, seed=2), SR16)
-    return path
+    return speech_clip(tmp_path_factory.mktemp("audio"))
 
 
-def _run(argv, capsys):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
+_run = run_cli
 
 
 def _base_args(models, voice="v2-40k-f0"):
@@ -268,56 +261,13 @@ def test_batch_skips_existing_and_continues_past_bad_files(models, tmp_path, cap
 # -- download (fake hub on loopback) -------------------------------------------------------------------------------
 
 
-class _FakeHub(http.server.BaseHTTPRequestHandler):
-    root: Path
-
-    def log_message(self, *args):
-        pass
-
-    def _serve(self, body: bool):
-        parts = self.path.split("?")[0].lstrip("/").split("/")
-        path = self.root.joinpath(parts[0], parts[1], *parts[4:]) if len(parts) > 4 and parts[2] == "resolve" else None
-        if path is None or not path.is_file():
-            self.send_response(404)
-            self.send_header("X-Error-Code", "EntryNotFound")
-            self.end_headers()
-            return
-        data = path.read_bytes()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(data)))
-        self.send_header("ETag", f'"{abs(hash(data))}"')
-        self.send_header("X-Repo-Commit", "0" * 40)
-        self.end_headers()
-        if body:
-            self.wfile.write(data)
-
-    def do_HEAD(self):
-        self._serve(False)
-
-    def do_GET(self):
-        self._serve(True)
-
-
 @pytest.fixture
 def fake_hub(models, ref_cache, tmp_path, monkeypatch):
     root = tmp_path / "hub"
-    repo = root / "lj1995" / "VoiceConversionWebUI"
-    repo.mkdir(parents=True)
     hub_dir = hubert_models.ensure_reference(ref_cache / "hubert")
-    os.link(hub_dir / hubert_models.FAIRSEQ_FILE, repo / "hubert_base.pt")
-    os.link(models.rmvpe_pt, repo / "rmvpe.pt")
-    handler = type("Hub", (_FakeHub,), {"root": root})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.server_address[1]}")
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
-    monkeypatch.setenv("RVC_MLX_HOME", str(tmp_path / "home"))
-    import huggingface_hub.constants as c
-
-    monkeypatch.setattr(c, "ENDPOINT", os.environ["HF_ENDPOINT"])
-    monkeypatch.setattr(c, "HUGGINGFACE_CO_URL_TEMPLATE", os.environ["HF_ENDPOINT"] + "/{repo_id}/resolve/{revision}/{filename}")
-    monkeypatch.setattr(c, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    place(root, "lj1995/VoiceConversionWebUI/hubert_base.pt", hub_dir / hubert_models.FAIRSEQ_FILE)
+    place(root, "lj1995/VoiceConversionWebUI/rmvpe.pt", models.rmvpe_pt)
+    server = serve_hub(root, tmp_path, monkeypatch)
     yield tmp_path
     server.shutdown()
 

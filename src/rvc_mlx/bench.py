@@ -186,11 +186,11 @@ def cmd_bench(args) -> int:
 
 def add_commands(sub) -> None:
     from .f0 import METHOD_MODULES
+    from .service.args import add_base_model_flags
 
     p = sub.add_parser("bench", help="time a conversion stage by stage (fresh process per run, medians)")
     p.add_argument("-m", "--model", help="voice model (default: untrained demo models)")
-    p.add_argument("--hubert", help="converted HuBERT/ContentVec model (default: from the models directory)")
-    p.add_argument("--rmvpe", help="converted RMVPE model (default: from the models directory)")
+    add_base_model_flags(p, ("hubert", "rmvpe"))
     p.add_argument("--index", help="faiss .index of the voice")
     p.add_argument("--f0-method", default="rmvpe", choices=sorted(METHOD_MODULES), help="pitch estimator")
     p.add_argument("-i", "--input", help="audio to convert (default: speech of --seconds)")

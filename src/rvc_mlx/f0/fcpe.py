@@ -50,34 +50,38 @@ class FcpeEstimator:
 
 
 @functools.lru_cache(maxsize=2)
-def _load(path: str | None, mtime: float | None) -> FcpeEstimator:
+def _load(path: str, mtime: float) -> FcpeEstimator:
     import mlx.core as mx
 
     from .. import store
     from ..checkpoint import load_checkpoint
-    from ..convert.fcpe import convert_fcpe, find_packaged_weights
+    from ..convert.fcpe import convert_fcpe
     from ..models.fcpe import FCPE
 
-    if path is None:
-        src = find_packaged_weights("fcpe")
-        weights_np, config = convert_fcpe(load_checkpoint(src), str(src))
+    if not path.endswith(".safetensors"):  # original torchfcpe/Applio weights, converted in memory
+        weights_np, config = convert_fcpe(load_checkpoint(path), path)
         weights = {k: mx.array(v) for k, v in weights_np.items()}
-        source = str(src)
     else:
         weights, config = store.load(path, kind="fcpe")
-        source = path
     cfg = FcpeConfig.from_dict(config)
     model = FCPE(cfg)
-    store.load_into(model, weights, source)
+    store.load_into(model, weights, path)
     mx.eval(model.parameters())
     return FcpeEstimator(model, cfg)
 
 
 def load_fcpe(path: str | os.PathLike | None = None) -> FcpeEstimator:
-    """The FCPE estimator from a converted file, or from torchfcpe's packaged weights when ``path`` is None."""
+    """The FCPE estimator from a converted file or an original ``.pt``; ``path`` None: the downloaded model
+    (``rvc-mlx download fcpe``), else the weights shipped in an installed torchfcpe."""
     if path is None:
-        return _load(None, None)
+        from ..hub import locate_f0_model
+
+        path = locate_f0_model("fcpe")
     path = os.fspath(path)
+    if not os.path.isfile(path):
+        from ..errors import InputError
+
+        raise InputError(f"{path}: FCPE model file not found")
     return _load(path, os.path.getmtime(path))
 
 

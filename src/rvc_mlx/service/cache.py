@@ -84,4 +84,4 @@ class ConverterCache:
         synth = self._get("voice", paths.voice, Synthesizer.load)
         hubert = self._get("hubert", paths.hubert, Hubert.load)
         index = self._get("index", paths.index, FeatureIndex.load) if paths.index else None
-        return VoiceConverter(synth, hubert, index, {"rmvpe": paths.rmvpe} if paths.rmvpe else {})
+        return VoiceConverter(synth, hubert, index, paths.f0_models())

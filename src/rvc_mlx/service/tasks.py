@@ -19,7 +19,7 @@ import numpy as np
 from ..errors import InputError, RvcMlxError
 from ..options import ConversionOptions, parse_options
 from .cache import ConverterCache
-from .models import resolve_models
+from .models import f0_model_paths, resolve_models
 from .voices import VoiceLibrary
 
 Emit = Callable[[dict], None]
@@ -199,7 +199,6 @@ def task_pitch(request: dict, job_dir: Path, ctx: Context, emit: Emit | None) ->
     from .. import audio as audio_io
     from ..f0 import F0Options, estimate
     from ..f0 import report
-    from ..hub import find_base_model
 
     method = request.get("method", "rmvpe")
     fmt = request.get("format", "csv")
@@ -213,8 +212,8 @@ def task_pitch(request: dict, job_dir: Path, ctx: Context, emit: Emit | None) ->
         audio = audio_io.load(src, 16000)
     except RvcMlxError as e:
         raise renamed(e, src, request.get("input_names", [src.name])[0]) from None
-    rmvpe = str(find_base_model("rmvpe")) if method == "rmvpe" else None
-    f0 = estimate(method, audio, F0Options(rmvpe_path=rmvpe))
+    models = f0_model_paths(method)
+    f0 = estimate(method, audio, F0Options(**{f"{k}_path": v for k, v in models.items()}))
     out = job_dir / "output" / f"f0.{fmt}"
     if fmt == "csv":
         report.write_csv(out, f0)
