@@ -46,9 +46,9 @@ ADAIN_DRAWS = STAGES * ADAIN_PER_STAGE
 SINC_ZERO_CROSSINGS = 64  # lowpass_filter_width
 SINC_ROLLOFF = 0.9475937167399596
 KAISER_BETA = 14.769656459379492
-# ParallelResBlocks run in time tiles of about this many values per channel-row (4 MB at float32), cut on a
-# multiple of the CPU lanes: cache-sized temporaries, and tiles evaluated in parallel (one stream per core).
-TILE_VALUES = 1 << 20
+# ParallelResBlocks run in time tiles of at most this many values (8 MB at float32; 1-8 MB measured within noise,
+# 16 MB+ slower), cut on a multiple of the CPU lanes: cache-sized temporaries, tiles evaluated in parallel.
+TILE_VALUES = 1 << 21
 # Decimator GEMM blocking: outputs per block (the Toeplitz matrices are (chunk, block), chunk = block·r samples).
 DECIMATE_BLOCK = 64
 
@@ -208,7 +208,7 @@ class ParallelResBlock(nn.Module):
         off afterwards), groups of tiles evaluated in parallel on the CPU lanes."""
         t, halo = x.shape[1], self.reach()
         streams = lanes()
-        spans = tile_spans(t, max(TILE_VALUES // self.input_conv.weight.shape[0], 4 * halo), len(streams))
+        spans = tile_spans(t, max(TILE_VALUES // self.input_conv.weight.shape[0], 4 * halo), len(streams), 4 * halo)
         if len(spans) == 1:
             return self(x, noises)
         outs = []
@@ -224,10 +224,10 @@ class ParallelResBlock(nn.Module):
         return mx.concatenate(outs, axis=1)
 
 
-def tile_spans(t: int, longest: int, lanes: int = 1) -> list[tuple[int, int]]:
-    """``t`` samples cut into a multiple of ``lanes`` tiles of equal length, at most ``longest`` each (one tile
-    when ``t`` fits): ``[(start, end), ...]``."""
-    if t <= longest:
+def tile_spans(t: int, longest: int, lanes: int = 1, shortest: int = 1) -> list[tuple[int, int]]:
+    """``t`` samples cut into a multiple of ``lanes`` tiles of equal length, at most ``longest`` each, or a single
+    tile when the lanes' tiles would be shorter than ``shortest`` (mostly context then): ``[(start, end), ...]``."""
+    if t <= longest and (lanes == 1 or t < lanes * shortest):
         return [(0, t)]
     count = lanes * math.ceil(t / (lanes * longest))
     step = math.ceil(t / count)
