@@ -6,7 +6,7 @@ The reference network is Applio's ``Synthesizer`` as ultimate-rvc 0.6.0 ships it
   rvc==0.3.5 v2 model of the same rate (same names and shapes in both projects); the decoder is
   - MRF HiFi-GAN: the calibrated NSF decoder's weights (MRF is the same body under other names), weight norm on
     ``conv_pre``/``conv_post``, a random ``conv_post`` bias and a 9→1 merge that weights every harmonic;
-  - RefineGAN: random weights scaled per layer, AdaIN scales raised so the noise matters;
+  - RefineGAN: the calibrated random decoder of ``refinegan_models`` (AdaIN scales raised so the noise matters);
   then ``conv_post`` is calibrated like ``rvc_models.calibrate_output`` (speech-level audio, no DC).
 * ``export_applio(model, ...)``: Applio's ``extract_model`` layout: fp16, enc_q dropped, ``weight_g/weight_v``
   names, ``config`` (18 items), integer ``sr``, ``f0``, ``version``, ``vocoder``, ``embedder_model`` and the rest.
@@ -16,13 +16,13 @@ The reference network is Applio's ``Synthesizer`` as ultimate-rvc 0.6.0 ships it
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from . import refinegan_models
 from . import rvc_models as R
 
 os.environ.setdefault("URVC_NO_LOGGING", "1")
@@ -72,14 +72,6 @@ def _weight(mod: torch.nn.Module) -> torch.Tensor:
     return mod.weight.detach()
 
 
-def _rand_conv(mod, gen, gain: float, bias_std: float = 0.02) -> None:
-    w = mod.weight.detach()
-    fan_in = w.shape[1] * w.shape[2]
-    _set_weight(mod, torch.randn(w.shape, generator=gen) * gain / math.sqrt(fan_in))
-    if mod.bias is not None:
-        mod.bias.data.copy_(torch.randn(mod.bias.shape, generator=gen) * bias_std)
-
-
 @torch.no_grad()
 def _copy_prior(model: torch.nn.Module, rvc_state: dict) -> None:
     """Text encoder, flow and speaker table from an rvc model's state (weight_g/v names)."""
@@ -118,26 +110,6 @@ def _mrf_decoder(model: torch.nn.Module, rvc_model: torch.nn.Module, gen) -> Non
 
 
 @torch.no_grad()
-def _refinegan_decoder(model: torch.nn.Module, gen) -> None:
-    dec = model.dec
-    _rand_conv(dec.pre_conv, gen, 4.0)  # the sine source is ~0.1: make it matter downstream
-    for block in dec.downsample_blocks:
-        _rand_conv(block, gen, 1.4)
-    _rand_conv(dec.mel_conv, gen, 1.0)
-    _rand_conv(dec.cond, gen, 0.3)
-    for stage in dec.upsample_conv_blocks:
-        _rand_conv(stage.input_conv, gen, 1.2)
-        for branch in stage.blocks:
-            adain_in, res, adain_out = branch
-            for adain in (adain_in, adain_out):
-                adain.weight.copy_(0.05 * (0.5 + torch.rand(adain.weight.shape, generator=gen)))
-            for conv in list(res.convs1) + list(res.convs2):
-                _rand_conv(conv, gen, 0.6)
-    dec.m_source.merge[0].weight.fill_(2.0)
-    _rand_conv(dec.conv_post, gen, 0.8)
-
-
-@torch.no_grad()
 def calibrate_output(model: torch.nn.Module, sample_rate: int) -> None:
     """``conv_post`` rescaled so the audio is speech-level, with its DC gain along the input's mean removed (see
     ``rvc_models.calibrate_output``; here ``conv_post`` is weight-normed)."""
@@ -169,7 +141,7 @@ def build_model(vocoder: str, sample_rate: int, cache: Path, seed: int = BUILD_S
     if vocoder == "MRF HiFi-GAN":
         _mrf_decoder(model, R.reference_model(rvc_ckpt), gen)
     elif vocoder == "RefineGAN":
-        _refinegan_decoder(model, gen)
+        model.dec.load_state_dict(refinegan_models.build_reference(sample_rate).state_dict())
     else:
         raise ValueError(vocoder)
     calibrate_output(model, sample_rate)
