@@ -163,11 +163,26 @@ def _blas_thread_control():
     return _state["threads"]
 
 
+CPUS_ENV = "RVC_MLX_CPUS"  # cores one process may use (set per worker by parallel batches: cores / workers)
+
+
 def cpu_count() -> int:
+    """Cores this process may use: its affinity mask, capped by ``$RVC_MLX_CPUS`` when that is set."""
     try:
-        return len(os.sched_getaffinity(0))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    limit = os.environ.get(CPUS_ENV, "")
+    return max(1, min(cores, int(limit))) if limit.isdigit() and int(limit) > 0 else cores
+
+
+def set_blas_threads(n: int) -> bool:
+    """Use ``n`` threads in the preloaded OpenBLAS from now on; False when its thread count cannot be set."""
+    control = _blas_thread_control()
+    if control is None:
+        return False
+    control[1](max(1, int(n)))
+    return True
 
 
 def lanes() -> list:

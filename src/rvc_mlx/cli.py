@@ -72,9 +72,6 @@ def cmd_info(args) -> int:
     return 0
 
 
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".m4a", ".aac", ".opus", ".aiff", ".aif", ".webm", ".mp4")
-
-
 def cmd_infer(args) -> int:
     src, out = Path(args.input), Path(args.output)
     if not src.is_file():
@@ -89,30 +86,37 @@ def cmd_infer(args) -> int:
 def cmd_batch(args) -> int:
     from tqdm import tqdm
 
-    in_dir, out_dir = Path(args.input_dir), Path(args.output_dir)
-    if not in_dir.is_dir():
-        raise RvcMlxError(f"{in_dir}: not a directory")
-    files = sorted(p for p in in_dir.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
-    if not files:
-        raise RvcMlxError(f"{in_dir}: no audio files found ({', '.join(AUDIO_SUFFIXES)})")
-    fmt = args.format or "wav"
+    from .service.args import paths_from_args
+    from .service.corpus import convert_corpus, find_inputs
+
+    in_dir = Path(args.input_dir)
+    files = find_inputs(in_dir)
     options = options_from_args(args)
-    converter = converter_from_args(args, options)
-    failures, skipped, done = [], 0, 0
-    for src in tqdm(files, desc="converting", unit="file", disable=args.quiet):
-        out = out_dir / src.relative_to(in_dir).with_suffix(f".{fmt}")
-        if out.exists() and not args.overwrite:
-            skipped += 1
-            continue
-        try:
-            tasks.convert_file(converter, options, src, out, fmt)
-            done += 1
-        except RvcMlxError as e:
-            failures.append(str(e))
-    print(f"batch: {done} converted, {skipped} skipped (already exist), {len(failures)} failed")
-    for line in failures:
-        print(f"  failed: {line}", file=sys.stderr)
-    return 1 if failures else 0
+    paths = paths_from_args(args, options.f0_method)
+    bar = tqdm(total=len(files), desc="converting", unit="file", disable=args.quiet)
+
+    def on_event(event):
+        if event["event"] in ("skipped", "done", "failed"):
+            bar.update(1)
+        elif event["event"] == "planned" and event["failed"]:
+            bar.update(event["failed"])
+        elif event["event"] == "retry":
+            bar.write(f"retrying {event['file']}: {event['reason']}", file=sys.stderr)
+
+    try:
+        summary = convert_corpus(files, args.output_dir, options, paths, in_dir=in_dir, fmt=args.format or "wav",
+                                 workers=args.workers, ray=args.ray, overwrite=args.overwrite, force=args.force,
+                                 on_event=on_event)
+    finally:
+        bar.close()
+    print(f"batch: {len(summary.converted)} converted, {len(summary.skipped)} skipped (already exist), "
+          f"{len(summary.failed)} failed" + (f", {len(summary.retried)} retried after a worker died"
+                                             if summary.retried else ""))
+    for name, reason in summary.retried:
+        print(f"  retried: {name} ({reason})", file=sys.stderr)
+    for _, error in summary.failed:
+        print(f"  failed: {error}", file=sys.stderr)
+    return 1 if summary.failed else 0
 
 
 def cmd_download(args) -> int:
@@ -290,6 +294,13 @@ def add_commands(sub) -> None:
     p.add_argument("output_dir")
     add_conversion_options(p)
     p.add_argument("--overwrite", action="store_true", help="convert even when the output exists")
+    p.add_argument("--force", action="store_true",
+                   help="the output folder was converted with other settings: convert every file again")
+    p.add_argument("--workers", type=int, metavar="N",
+                   help="convert in N spawned processes (default 1: this one; with --ray: the cluster's CPUs)")
+    p.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                   help="run on Ray (pip install 'rvc-mlx[ray]'): a local cluster, or ADDRESS (auto, "
+                   "ray://host:10001); every node must see IN, OUT and the models at the same paths")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_batch)
 

@@ -3,7 +3,7 @@
 MLX's CPU ``exp`` (and ``sigmoid``/``tanh``/``softmax``, built on it) is a scalar loop in the Linux wheel: about
 15 ns per element, so HuBERT's attention on 32 s of audio spends ~6 s in it. NumPy's ``exp`` is vectorised
 (AVX2/AVX-512) and ~10x faster per core. On CPU, ``exp`` therefore evaluates its argument, runs NumPy's exp over
-blocks of it on ``os.cpu_count()`` threads (ufuncs release the GIL) and wraps the result as an MLX array. NumPy's
+blocks of it on ``backend.cpu_count()`` threads (ufuncs release the GIL) and wraps the result as an MLX array. NumPy's
 float32 exp is accurate to ~1 ulp (MLX's own: ~4e-6 relative), so this is a drop-in.
 
 Everything else stays in MLX. Off the CPU, or with fast path ``exp`` disabled (``RVC_MLX_DISABLE=exp``), MLX's
@@ -12,18 +12,17 @@ own kernels are used. The functions here are not differentiable (inference only)
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 
 import mlx.core as mx
 import numpy as np
 
-from ..backend import enabled, on_cpu
+from ..backend import cpu_count, enabled, on_cpu
 
 MIN_BLOCK = 1 << 18  # elements per thread below which one thread is faster
 SCORE_BLOCK_BYTES = 64 << 20  # attention scores evaluated at a time (query rows × keys × heads)
 CACHE_BLOCK = 256 << 10  # bytes of rows handled at a time by exp_shifted_ (stays in L2 between its passes)
-_POOL = ThreadPoolExecutor(os.cpu_count() or 1)  # threads start on first use
+_POOL = ThreadPoolExecutor(cpu_count())  # threads start on first use
 
 
 def _use_numpy() -> bool:
@@ -38,7 +37,7 @@ def _exp_block(src: np.ndarray, dst: np.ndarray) -> None:
 def _in_threads(fn, n: int, elements: int) -> list:
     """``[fn(lo, hi), ...]`` over consecutive ranges that split ``range(n)``, one range per CPU core (fewer when
     there are under ``MIN_BLOCK`` of the ``elements`` per thread); a single range runs in the calling thread."""
-    workers = max(1, min(os.cpu_count() or 1, elements // MIN_BLOCK, n))
+    workers = max(1, min(cpu_count(), elements // MIN_BLOCK, n))
     if workers == 1:
         return [fn(0, n)]
     bounds = np.linspace(0, n, workers + 1).astype(np.int64)

@@ -13,7 +13,6 @@ Waiters (``wait``, ``wait_change``) are woken on every change, which is what pro
 
 from __future__ import annotations
 
-import multiprocessing
 import secrets
 import shutil
 import threading
@@ -298,14 +297,9 @@ class JobManager:
             self._run(job_id)
 
     def _start_worker(self) -> None:
-        from .worker import worker_main
+        from .worker import spawn_process, worker_main
 
-        ctx = multiprocessing.get_context("spawn")  # never fork: MLX may have run in this process
-        parent, child = ctx.Pipe()
-        proc = ctx.Process(target=worker_main, args=(child, str(self.home), *self.cache_limits),
-                           name="rvc-mlx-worker", daemon=True)
-        proc.start()
-        child.close()
+        proc, parent = spawn_process(worker_main, (str(self.home), *self.cache_limits), "rvc-mlx-worker")
         deadline = time.monotonic() + WORKER_START_TIMEOUT_S
         while time.monotonic() < deadline:
             if parent.poll(POLL_S):

@@ -11,9 +11,36 @@ starts a new worker. Messages (over a ``multiprocessing`` pipe):
 
 from __future__ import annotations
 
+import multiprocessing
 import os
+import threading
 import traceback
 from pathlib import Path
+
+
+_ENV_LOCK = threading.Lock()
+
+
+def spawn_process(target, args: tuple, name: str, env: dict[str, str] | None = None):
+    """Start ``target(child_conn, *args)`` in a spawned (never forked: MLX may have run here) daemon process with
+    ``env`` added to its environment from its first instruction (e.g. BLAS thread counts, which OpenBLAS reads
+    when it loads). Returns ``(process, parent_conn)``."""
+    ctx = multiprocessing.get_context("spawn")
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=target, args=(child, *args), name=name, daemon=True)
+    with _ENV_LOCK:  # spawn copies os.environ when it starts the child
+        saved = {k: os.environ.get(k) for k in env or {}}
+        os.environ.update(env or {})
+        try:
+            proc.start()
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+    child.close()
+    return proc, parent
 
 
 def scrub(message: str, job_dir: Path, home: Path) -> str:
