@@ -1,9 +1,11 @@
-"""RefineGAN decoder: Applio's torch ``RefineGANGenerator`` (ultimate-rvc 0.6.0) vs rvc-mlx, 10 s of audio.
+"""Applio's decoders (ultimate-rvc 0.6.0: ``RefineGANGenerator``, ``HiFiGANMRFGenerator``) vs rvc-mlx, 10 s of audio.
 
-Same calibrated random weights and inputs for both (tests/reference/refinegan_models.py), noise off, 2 threads
-each; runs interleaved (reference, ours, reference, ...) in one process, medians and the ours/reference ratio.
+Same calibrated random weights and inputs for both (tests/reference/refinegan_models.py, applio_models.py), noise
+off, 2 threads each; runs interleaved (reference, ours, reference, ...) in one process, medians and the
+ours/reference ratio.
 
-    python benchmarks/refinegan.py --rates 32000 40000 --runs 5 --frames 1000 [--out benchmarks/results]
+    python benchmarks/vocoders.py --vocoder refinegan --rates 32000 40000 --runs 5 [--out benchmarks/results]
+    python benchmarks/vocoders.py --vocoder mrf --rates 40000 --runs 5 [--out benchmarks/results]
 
 Needs the test extra (torch, torchaudio's pure-Python resample, ultimate-rvc).
 """
@@ -26,10 +28,11 @@ THREADS = 2
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--vocoder", choices=("refinegan", "mrf"), default="refinegan")
     parser.add_argument("--rates", type=int, nargs="+", default=[32000, 40000])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--frames", type=int, default=1000)
-    parser.add_argument("--out", type=Path, default=None, help="directory for refinegan.json (and print markdown)")
+    parser.add_argument("--out", type=Path, default=None, help="directory for <vocoder>.json (and print markdown)")
     args = parser.parse_args()
 
     os.environ.setdefault("URVC_NO_LOGGING", "1")
@@ -44,17 +47,17 @@ def main() -> None:
     from rvc_mlx.backend import configure_mlx
     from rvc_mlx.models.synthesizer import SynthesizerConfig, build_decoder
     from rvc_mlx.store import load_into
-    from tests.reference.refinegan_models import CONFIGS, deterministic, inputs, reference
+    from tests.reference.refinegan_models import deterministic, inputs
 
     configure_mlx()
-    cache = Path(tempfile.gettempdir()) / "rvc-mlx-bench-refinegan"
+    cache = Path(tempfile.gettempdir()) / "rvc-mlx-bench-vocoders"
     cache.mkdir(exist_ok=True)
+    title = {"refinegan": "RefineGAN", "mrf": "MRF HiFi-GAN"}[args.vocoder]
     results = []
     for sr in args.rates:
-        net, weights = reference(sr, str(cache))
-        config = SynthesizerConfig(sample_rate=sr, upsample_rates=CONFIGS[sr], vocoder="RefineGAN", use_f0=True)
-        ours = build_decoder(config)
-        load_into(ours, weights, f"refinegan {sr}")
+        net, weights, config = decoders(args.vocoder, sr, cache)
+        ours = build_decoder(SynthesizerConfig.from_dict(config))
+        load_into(ours, weights, f"{args.vocoder} {sr}")
         z, f0, g = inputs(args.frames)
         mz, mf0, mg = (mx.array(a.numpy()) for a in (z.transpose(1, 2), f0, g.transpose(1, 2)))
 
@@ -84,7 +87,7 @@ def main() -> None:
         print(f"{sr}: reference {row['reference_s']:.2f} s, ours {row['ours_s']:.2f} s, ratio {row['ratio']:.2f}, "
               f"max-abs {row['max_abs']:.1e}", flush=True)
 
-    print(f"\nRefineGAN decoder, {args.frames} frames, noise off, {args.runs} interleaved runs, medians, "
+    print(f"\n{title} decoder, {args.frames} frames, noise off, {args.runs} interleaved runs, medians, "
           f"{THREADS} threads. Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores\n")
     print("| sample rate | torch (s) | rvc-mlx (s) | rvc-mlx / torch | max-abs |")
     print("|---|---:|---:|---:|---:|")
@@ -93,7 +96,27 @@ def main() -> None:
               f"{r['max_abs']:.1e} |")
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "refinegan.json").write_text(json.dumps(results, indent=1))
+        (args.out / f"{args.vocoder}.json").write_text(json.dumps(results, indent=1))
+
+
+def decoders(vocoder: str, sr: int, cache: Path):
+    """(torch decoder, our converted decoder weights without ``dec.``, voice config) for a rate."""
+    import mlx.core as mx
+
+    from rvc_mlx.checkpoint import load_checkpoint
+    from rvc_mlx.convert.rvc import convert_voice
+
+    if vocoder == "refinegan":
+        from tests.reference.refinegan_models import CONFIGS, reference
+
+        net, weights = reference(sr, str(cache))
+        return net, weights, {"sample_rate": sr, "upsample_rates": CONFIGS[sr], "vocoder": "RefineGAN"}
+    from tests.reference import applio_models, rvc_models
+
+    path = applio_models.checkpoint_path(cache, "MRF HiFi-GAN", sr)
+    net = applio_models.reference_model(rvc_models.load_torch_checkpoint(path)).dec
+    weights, config = convert_voice(load_checkpoint(path), str(path))
+    return net, {k[4:]: mx.array(v) for k, v in weights.items() if k.startswith("dec.")}, config
 
 
 if __name__ == "__main__":
