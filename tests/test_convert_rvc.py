@@ -170,6 +170,16 @@ def test_training_checkpoint_refused(ckpts):
         convert_voice(train, "G_100.pth")
 
 
+def test_discriminator_training_checkpoint_refused():
+    """Applio's D_*.pth (multi-period discriminator state): recognised as a voice-training file, one clear line."""
+    state = {f"discriminators.{i}.convs.0.weight_v": np.zeros((32, 1, 5, 1), np.float32) for i in range(3)}
+    d = {"model": state, "iteration": 100, "optimizer": {}, "learning_rate": 1e-4}
+    assert is_training_checkpoint(d) and is_voice_checkpoint(d)
+    with pytest.raises(ConversionError, match=r"D_100\.pth: is a training checkpoint \(D_\*\.pth: a discriminator") as e:
+        convert_voice(d, "D_100.pth")
+    assert "\n" not in str(e.value)
+
+
 def test_enc_q_is_dropped_by_the_drop_list(ckpts):
     """A state dict that still carries the posterior encoder converts to the same tensors (enc_q dropped)."""
     train = ckpts(V2_40K_F0, "train")

@@ -115,10 +115,11 @@ DROP = [r"enc_q\..*"]
 
 
 def is_training_checkpoint(ckpt) -> bool:
-    """A generator training state (``G_*.pth``): ``model`` state dict plus optimizer/iteration, no ``weight``."""
+    """A training state (``G_*.pth`` generator or ``D_*.pth`` discriminator): ``model`` state dict plus
+    optimizer/iteration, no ``weight``."""
     return isinstance(ckpt, dict) and "weight" not in ckpt and isinstance(ckpt.get("model"), dict) and (
         "optimizer" in ckpt or "iteration" in ckpt or "learning_rate" in ckpt
-    ) and any(str(k).startswith(("enc_p.", "dec.", "flow.")) for k in ckpt["model"])
+    ) and any(str(k).startswith(("enc_p.", "dec.", "flow.", "discriminators.")) for k in ckpt["model"])
 
 
 def is_voice_checkpoint(ckpt) -> bool:
@@ -230,8 +231,10 @@ def convert_voice(ckpt: dict, source: str = "checkpoint") -> tuple[dict[str, np.
     inconsistent configs and unrecognised tensors.
     """
     if is_training_checkpoint(ckpt):
+        which = "D_*.pth: a discriminator" if any(
+            str(k).startswith("discriminators.") for k in ckpt["model"]) else "G_*.pth: model"
         raise ConversionError(
-            f"{source}: is a training checkpoint (G_*.pth: model + optimizer state, no config); "
+            f"{source}: is a training checkpoint ({which} + optimizer state, no config); "
             "pass the exported small model from RVC's weights folder (assets/weights/<name>.pth) instead"
         )
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("weight"), dict):
