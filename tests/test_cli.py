@@ -16,6 +16,7 @@ import pytest
 import soundfile as sf
 import torch
 
+from rvc_mlx.errors import RvcMlxError
 from tests.cli_support import place, run_cli, serve_hub, speech_clip
 from tests.reference import hubert_models, rmvpe_models, rvc_models
 from tests.reference.rvc_pipeline import ReferenceModels
@@ -113,6 +114,52 @@ def test_corrupt_safetensors_info_fails_cleanly(tmp_path, capsys):
     bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all")
     code, _, err = _run(["info", bad], capsys)
     assert code == 1 and err.count("\n") == 1 and str(bad) in err
+
+
+def _damage_header(path, dest, damage):
+    """``path`` (a converted file) copied to ``dest`` with its header JSON or length field damaged."""
+    import struct
+
+    data = path.read_bytes()
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + n])
+    name = next(k for k in header if k != "__metadata__")
+    info = header[name]
+    if damage == "config list":
+        header["__metadata__"]["config"] = json.dumps(["voice", "v2", 40000])
+    elif damage == "dtype":
+        info["dtype"] = "F16" if info["dtype"] == "F32" else "F32"
+    elif damage == "shape":
+        info["shape"] = [*info["shape"], 2]
+    elif damage == "offsets out of range":
+        info["data_offsets"] = [info["data_offsets"][0], len(data)]
+    elif damage == "overlap":
+        other = next(v for k, v in header.items() if k not in ("__metadata__", name) and v["data_offsets"][0] > 0)
+        other["data_offsets"] = [other["data_offsets"][0] - 4, other["data_offsets"][1] - 4]
+    text = json.dumps(header).encode()
+    size = 2**63 if damage == "header length huge" else len(text)
+    dest.write_bytes(struct.pack("<Q", size) + text + data[8 + n :])
+    return dest
+
+
+@pytest.mark.parametrize("damage", ["config list", "dtype", "shape", "offsets out of range", "overlap",
+                                    "header length huge"])
+def test_damaged_converted_headers_fail_cleanly(models, clip, tmp_path, capsys, damage):
+    """info, infer (loading the voice) and blend call a damaged converted file corrupt: one line, exit 1."""
+    from rvc_mlx import store
+
+    voice, _, _ = models.voice("v2-40k-f0")
+    bad = _damage_header(Path(voice), tmp_path / "bad.safetensors", damage)
+    out = tmp_path / "out.wav"
+    for argv in (["info", bad], ["info", bad, "--json"], ["infer", "-i", clip, "-o", out, "-m", bad,
+                 "--hubert", models.hubert_path, "--rmvpe", models.rmvpe_path],
+                 ["blend", bad, voice, "-o", tmp_path / "blend.safetensors"]):
+        code, text, err = _run(argv, capsys)
+        assert code == 1 and err.count("\n") == 1 and str(bad) in err and "Traceback" not in err, (argv[0], err)
+        assert text == "", argv[0]
+    assert not out.exists() and not (tmp_path / "blend.safetensors").exists()
+    with pytest.raises(RvcMlxError):
+        store.load(bad)
 
 
 # -- infer ------------------------------------------------------------------------------------------------------

@@ -95,3 +95,147 @@ def test_save_is_atomic(tmp_path):
         store.save(path, {"a": np.array([object()])}, {"kind": "voice"})
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]
+
+
+# -- a damaged header or metadata is one line, whoever reads it (read_config, tensor_shapes, load) ----------------
+
+
+def _rewrite(path, dest, edit):
+    """Copy converted file ``path`` to ``dest`` with its header JSON changed by ``edit(header) -> header``
+    (the tensor data is kept byte for byte)."""
+    data = path.read_bytes()
+    (n,) = struct.unpack("<Q", data[:8])
+    header = edit(json.loads(data[8 : 8 + n]))
+    text = json.dumps(header).encode()
+    dest.write_bytes(struct.pack("<Q", len(text)) + text + data[8 + n :])
+    return dest
+
+
+def _set_meta(**fields):
+    def edit(header):
+        header["__metadata__"].update(fields)
+        for k in [k for k, v in fields.items() if v is None]:
+            del header["__metadata__"][k]
+        return header
+
+    return edit
+
+
+def _set_config(**fields):
+    def edit(header):
+        config = json.loads(header["__metadata__"]["config"])
+        config.update(fields)
+        for k in [k for k, v in fields.items() if v is None]:
+            del config[k]
+        header["__metadata__"]["config"] = json.dumps(config)
+        return header
+
+    return edit
+
+
+def _set_tensor(name, **fields):
+    def edit(header):
+        header[name].update(fields)
+        return header
+
+    return edit
+
+
+def _replace(key, value):
+    def edit(header):
+        header[key] = value
+        return header
+
+    return edit
+
+
+BAD_METADATA = {
+    "metadata list": (_replace("__metadata__", ["format", "rvc-mlx"]), "metadata"),
+    "metadata not strings": (_set_meta(format_version=1), "metadata"),
+    "config list": (_set_meta(config=json.dumps(["kind", "voice"])), "config"),
+    "config string": (_set_meta(config=json.dumps("voice")), "config"),
+    "config number": (_set_meta(config="3"), "config"),
+    "config null": (_set_meta(config="null"), "config"),
+    "config not json": (_set_meta(config="{kind"), "config"),
+    "config missing": (_set_meta(config=None), "config"),
+    "format missing": (_set_meta(format=None), "not an rvc-mlx file"),
+    "format_version missing": (_set_meta(format_version=None), "format_version"),
+    "format_version word": (_set_meta(format_version="one"), "format_version"),
+    "format_version zero": (_set_meta(format_version="0"), "format_version"),
+    "config format_version list": (_set_config(format_version=[1]), "format_version"),
+    "config format other": (_set_config(format="other"), "format"),
+    "kind missing": (_set_config(kind=None), "kind"),
+    "kind list": (_set_config(kind=["rmvpe"]), "kind"),
+    "kind number": (_set_config(kind=3), "kind"),
+}
+
+BAD_TENSORS = {  # lin.weight is (2, 3) float32 = 24 bytes, lin.bias (2,) float32 = 8 bytes
+    "dtype size": (_set_tensor("lin.weight", dtype="F64"), "lin.weight"),
+    "dtype unknown": (_set_tensor("lin.weight", dtype="Q7"), "dtype"),
+    "dtype missing": (lambda h: {**h, "lin.bias": {k: v for k, v in h["lin.bias"].items() if k != "dtype"}}, "bias"),
+    "shape larger": (_set_tensor("lin.weight", shape=[3, 3]), "lin.weight"),
+    "shape smaller": (_set_tensor("lin.weight", shape=[2, 2]), "lin.weight"),
+    "shape negative": (_set_tensor("lin.weight", shape=[-2, -3]), "shape"),
+    "shape float": (_set_tensor("lin.weight", shape=[2.0, 3]), "shape"),
+    "shape bool": (_set_tensor("lin.bias", shape=[True, 2]), "shape"),
+    "shape string": (_set_tensor("lin.weight", shape="23"), "shape"),
+    "offsets beyond the end": (_set_tensor("lin.bias", data_offsets=[10**6, 10**6 + 8]), "lin.bias"),
+    "offsets negative": (_set_tensor("lin.bias", data_offsets=[-8, 0]), "lin.bias"),
+    "offsets reversed": (_set_tensor("lin.bias", data_offsets=[8, 0]), "lin.bias"),
+    "offsets three": (_set_tensor("lin.bias", data_offsets=[0, 4, 8]), "lin.bias"),
+    "offsets float": (_set_tensor("lin.bias", data_offsets=[0.0, 8.0]), "lin.bias"),
+    "overlap": (None, "overlap"),  # built below: bias inside weight's bytes
+    "tensor not an object": (_replace("lin.bias", [0, 8]), "lin.bias"),
+}
+
+
+def _overlap(header):
+    w = header["lin.weight"]["data_offsets"]
+    header["lin.bias"]["data_offsets"] = [w[0], w[0] + 8]
+    return header
+
+
+BAD_TENSORS["overlap"] = (_overlap, "overlap")
+
+
+@pytest.mark.parametrize("case", [*BAD_METADATA, *BAD_TENSORS])
+def test_damaged_header_is_one_line_for_every_reader(tmp_path, case):
+    path, _ = _save(tmp_path)
+    edit, needle = {**BAD_METADATA, **BAD_TENSORS}[case]
+    bad = _rewrite(path, tmp_path / "bad.safetensors", edit)
+    readers = [store.read_config, store.load, store.load_numpy]
+    if case in BAD_TENSORS:  # the header itself is damaged: even the shapes are not told
+        readers.append(store.tensor_shapes)
+    for read in readers:
+        with pytest.raises(FormatError) as err:
+            read(bad)
+        msg = str(err.value)
+        assert msg.startswith(f"{bad}: ") and "\n" not in msg and needle in msg, (case, read.__name__, msg)
+
+
+def test_header_length_must_fit_and_data_must_be_covered(tmp_path):
+    path, _ = _save(tmp_path)
+    data = path.read_bytes()
+    (n,) = struct.unpack("<Q", data[:8])
+    cases = {
+        "length past the end": struct.pack("<Q", len(data) - 7) + data[8:],
+        "length into the data": struct.pack("<Q", n + 4) + data[8:],
+        "length huge": struct.pack("<Q", 2**64 - 1) + data[8:],
+        "trailing bytes": data + b"\0" * 16,
+    }
+    for name, blob in cases.items():
+        bad = tmp_path / "bad.safetensors"
+        bad.write_bytes(blob)
+        for read in (store.read_config, store.tensor_shapes, store.load):
+            with pytest.raises(FormatError) as err:
+                read(bad)
+            assert str(err.value).startswith(f"{bad}: ") and "\n" not in str(err.value), (name, read.__name__)
+
+
+def test_valid_rewritten_header_still_loads(tmp_path):
+    """The test's own rewriting keeps a file valid when nothing is changed (so the cases above test the change)."""
+    path, weights = _save(tmp_path)
+    same = _rewrite(path, tmp_path / "same.safetensors", lambda h: h)
+    loaded, config = store.load(same, kind="rmvpe")
+    assert config["kind"] == "rmvpe" and store.tensor_shapes(same)["lin.weight"] == (2, 3)
+    np.testing.assert_array_equal(np.array(loaded["lin.weight"]), weights["lin.weight"])

@@ -13,7 +13,9 @@ Loading is strict: a model whose parameter names or shapes differ from the file 
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import struct
 import tempfile
 from pathlib import Path
@@ -55,8 +57,59 @@ def save(path: str | os.PathLike, weights: dict[str, np.ndarray], config: dict) 
     atomic_write(path, lambda tmp: save_file(arrays, tmp, metadata=meta))
 
 
+# safetensors dtype names -> bytes per element
+DTYPE_SIZES = {
+    "BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1,
+    "U16": 2, "I16": 2, "F16": 2, "BF16": 2,
+    "U32": 4, "I32": 4, "F32": 4,
+    "U64": 8, "I64": 8, "F64": 8,
+}
+_VERSION_RE = re.compile(r"[0-9]+")
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs):
+    keys = [k for k, _ in pairs]
+    if len(set(keys)) != len(keys):
+        raise _DuplicateKey(next(k for k in keys if keys.count(k) > 1))
+    return dict(pairs)
+
+
+def _is_count(x) -> bool:
+    return type(x) is int and x >= 0  # not bool, not float
+
+
+def _tensor_problem(info, data_len: int) -> str | None:
+    """What is wrong with one tensor's header entry, or None."""
+    if not isinstance(info, dict):
+        return "entry is not an object"
+    dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+    if dtype not in DTYPE_SIZES:
+        return f"unknown dtype {dtype!r}"
+    if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
+        return f"shape {shape!r} is not a list of non-negative integers"
+    if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_count(o) for o in offsets):
+        return f"data_offsets {offsets!r} are not [begin, end]"
+    begin, end = offsets
+    if not begin <= end <= data_len:
+        return f"data_offsets {offsets} outside the {data_len}-byte data section"
+    size = math.prod(shape) * DTYPE_SIZES[dtype]
+    if end - begin != size:
+        return f"{dtype} {tuple(shape)} needs {size} bytes, data_offsets give {end - begin}"
+    return None
+
+
 def _read_header(path: Path) -> dict:
-    """Validate the safetensors framing without trusting it; return the parsed header."""
+    """Validate the safetensors framing and every tensor entry without trusting them; return the parsed header.
+
+    The one check behind every reader (``read_config``, ``tensor_shapes``, ``load``, ``info``): header length
+    within the file, JSON object with unique names, ``__metadata__`` of strings, and per tensor a known dtype, a
+    shape of non-negative integers and ``data_offsets`` whose byte count is ``prod(shape) * itemsize``; the
+    tensors tile the data section exactly (no overlap, no gap, nothing after), as safetensors itself requires.
+    """
     try:
         size = path.stat().st_size
         with open(path, "rb") as f:
@@ -66,44 +119,80 @@ def _read_header(path: Path) -> dict:
             (n,) = struct.unpack("<Q", head)
             if n > min(size - 8, _MAX_HEADER):
                 raise FormatError(f"{path}: not a safetensors file (bad header length)")
-            header = json.loads(f.read(n).decode("utf-8"))
+            header = json.loads(f.read(n).decode("utf-8"), object_pairs_hook=_unique_keys)
     except FileNotFoundError:
         raise FormatError(f"{path}: file not found") from None
     except IsADirectoryError:
         raise FormatError(f"{path}: is a directory, expected a .safetensors file") from None
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except _DuplicateKey as e:
+        raise FormatError(f"{path}: corrupt safetensors file (name {e.args[0]!r} appears twice)") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         raise FormatError(f"{path}: not a safetensors file (header is not JSON)") from None
     if not isinstance(header, dict):
         raise FormatError(f"{path}: not a safetensors file (header is not an object)")
+    meta = header.get("__metadata__", {})
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise FormatError(f"{path}: corrupt safetensors file (__metadata__ is not an object of strings)")
     data_len = size - 8 - n
+    spans = []
     for name, info in header.items():
         if name == "__metadata__":
             continue
-        try:
-            start, end = info["data_offsets"]
-            ok = 0 <= start <= end <= data_len
-        except (TypeError, KeyError, ValueError):
-            ok = False
-        if not ok:
-            raise FormatError(f"{path}: corrupt or truncated safetensors file (tensor {name!r} out of bounds)")
+        problem = _tensor_problem(info, data_len)
+        if problem:
+            raise FormatError(f"{path}: corrupt or truncated safetensors file (tensor {name!r}: {problem})")
+        spans.append((*info["data_offsets"], name))
+    spans.sort()
+    for (_, end, a), (begin, _, b) in zip(spans, spans[1:]):
+        if begin < end:
+            raise FormatError(f"{path}: corrupt safetensors file (tensors {a!r} and {b!r} overlap)")
+    covered = 0
+    for begin, end, name in spans:
+        if begin != covered:
+            raise FormatError(f"{path}: corrupt safetensors file (unused bytes before tensor {name!r})")
+        covered = end
+    if covered != data_len:
+        raise FormatError(f"{path}: corrupt safetensors file ({data_len - covered} bytes after the last tensor)")
     return header
 
 
+def _damaged(path: Path, problem: str) -> FormatError:
+    return FormatError(f"{path}: rvc-mlx metadata is damaged ({problem})")
+
+
 def read_config(path: str | os.PathLike) -> dict:
-    """Return the named config of a converted file, checking that it is an rvc-mlx file of a known version."""
+    """Return the named config of a converted file, checking that it is an rvc-mlx file of a known version.
+
+    Every way the metadata can be wrong (missing fields, ``config`` not a JSON object, a version that is not a
+    positive integer, an unknown ``kind``) is a one-line ``FormatError``."""
     path = Path(path)
-    meta = _read_header(path).get("__metadata__") or {}
+    meta = _read_header(path).get("__metadata__", {})
     if meta.get("format") != FORMAT_NAME:
         raise FormatError(f"{path}: not an rvc-mlx file (no '{FORMAT_NAME}' format marker); convert it first")
-    try:
-        version = int(meta.get("format_version", ""))
-        config = json.loads(meta["config"])
-    except (KeyError, ValueError):
-        raise FormatError(f"{path}: rvc-mlx metadata is damaged") from None
+    raw_version = meta.get("format_version")
+    if raw_version is None:
+        raise _damaged(path, "no format_version")
+    if not _VERSION_RE.fullmatch(raw_version) or int(raw_version) < 1:
+        raise _damaged(path, f"format_version {raw_version[:40]!r} is not a positive integer")
+    version = int(raw_version)
     if version > FORMAT_VERSION:
         raise FormatError(f"{path}: format version {version} is newer than this rvc-mlx supports ({FORMAT_VERSION})")
-    if config.get("kind") not in KINDS:
-        raise FormatError(f"{path}: unknown model kind {config.get('kind')!r}")
+    if "config" not in meta:
+        raise _damaged(path, "no config")
+    try:
+        config = json.loads(meta["config"])
+    except (json.JSONDecodeError, RecursionError):
+        raise _damaged(path, "config is not JSON") from None
+    if not isinstance(config, dict):
+        raise _damaged(path, f"config is a JSON {type(config).__name__}, not an object")
+    if config.setdefault("format", FORMAT_NAME) != FORMAT_NAME:
+        raise _damaged(path, f"config format {config['format']!r} is not {FORMAT_NAME!r}")
+    inner = config.setdefault("format_version", version)
+    if type(inner) is not int or inner != version:
+        raise _damaged(path, f"config format_version {inner!r} disagrees with the file's {version}")
+    kind = config.get("kind")
+    if not isinstance(kind, str) or kind not in KINDS:
+        raise FormatError(f"{path}: unknown model kind {kind!r} (expected one of {', '.join(KINDS)})")
     return config
 
 
