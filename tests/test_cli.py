@@ -389,3 +389,25 @@ def test_bench_times_every_stage_in_fresh_processes(models, clip, tmp_path, caps
     assert code == 1 and "--runs" in err and err.count("\n") == 1
     code, _, err = _run(["bench", *_base_args(models), "-i", tmp_path / "nope.wav"], capsys)
     assert code == 1 and "not found" in err and err.count("\n") == 1
+
+
+def test_outputs_follow_the_umask(models, ref_cache, clip, tmp_path, capsys):
+    """infer, convert and pitch -o write 0o644 files under umask 022, like any other tool (not mkstemp's 0o600)."""
+    import stat
+
+    variant = next(v for v in rvc_models.VARIANTS if v.name == "v1-32k-nof0")
+    outs = {"infer": tmp_path / "o.wav", "convert": tmp_path / "v.safetensors", "pitch": tmp_path / "f0.csv"}
+    old = os.umask(0o022)
+    try:
+        for name, argv in {
+            "infer": ["infer", "-i", clip, "-o", outs["infer"], *_base_args(models), "--deterministic",
+                      "--f0-method", "pm"],
+            "convert": ["convert", rvc_models.checkpoint_path(ref_cache, variant), "-o", outs["convert"]],
+            "pitch": ["pitch", "-i", clip, "--method", "pm", "-o", outs["pitch"]],
+        }.items():
+            code, _, err = _run(argv, capsys)
+            assert code == 0, (name, err)
+    finally:
+        os.umask(old)
+    for name, path in outs.items():
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644, (name, oct(path.stat().st_mode))

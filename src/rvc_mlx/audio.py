@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import AudioError
-from .store import atomic_write
+from .atomic import atomic_write
 
 WRITE_FORMATS = {"wav": "WAV", "flac": "FLAC", "ogg": "OGG", "mp3": "MP3"}
 MIN_SECONDS = 0.1

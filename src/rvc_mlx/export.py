@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .atomic import publish_modes, staging_dir
 from .convert import sha256_file
 from .errors import FormatError, InputError, RvcMlxError
 
@@ -198,8 +199,7 @@ def export_bundle(out_dir, voice, hubert, rmvpe=None, index=None, *, fp16: bool 
         raise InputError(f"{rmvpe}: not an RMVPE model")
 
     # build in a sibling temp dir, then rename: no partial bundle on failure
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    tmp = staging_dir(out_dir.parent, out_dir.name)
     try:
         files, configs = {}, {}
         for name, src, kind in (("voice", voice, "voice"), ("hubert", hubert, "hubert"), ("rmvpe", rmvpe, "rmvpe")):
@@ -238,9 +238,7 @@ def export_bundle(out_dir, voice, hubert, rmvpe=None, index=None, *, fp16: bool 
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
         (tmp / FORMAT_DOC).write_text(_format_doc(manifest), encoding="utf-8")
-        for f in tmp.rglob("*"):  # mkstemp/mkdtemp create private files; a bundle is meant to be shipped
-            f.chmod(0o755 if f.is_dir() else 0o644)
-        tmp.chmod(0o755)
+        publish_modes(tmp)  # the umask's modes, also for files safetensors wrote private
         if out_dir.exists():
             out_dir.rmdir()
         os.replace(tmp, out_dir)

@@ -103,7 +103,7 @@ def save_dump(path: str | os.PathLike, stages: dict[str, np.ndarray], info: dict
     Float stages are stored as float32, integer stages as int32; ``info`` is free JSON (producer, options...)."""
     from safetensors.numpy import save_file
 
-    from .store import atomic_write
+    from .atomic import atomic_write
 
     table = table if table is not None else _stage_table()
     arrays, described = {}, []
@@ -476,7 +476,7 @@ tr.bad td{{background:#fde0e0}}.ok{{color:#2a7d2a;font-weight:bold}}.bad{{color:
 
 
 def write_report(path: str | os.PathLike, cmp: Comparison, a: Dump, b: Dump) -> None:
-    from .store import atomic_write
+    from .atomic import atomic_write
 
     text = report_html(cmp, a, b)
 

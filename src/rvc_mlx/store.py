@@ -17,32 +17,17 @@ import math
 import os
 import re
 import struct
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from .atomic import atomic_write
 from .errors import FormatError
 
 FORMAT_NAME = "rvc-mlx"
 FORMAT_VERSION = 1
 KINDS = ("voice", "hubert", "rmvpe", "crepe", "fcpe")
 _MAX_HEADER = 100 * 1024 * 1024
-
-
-def atomic_write(path: str | os.PathLike, write) -> None:
-    """Call ``write(tmp_path)`` then rename onto ``path``, so a failure never leaves a partial file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part" + path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def save(path: str | os.PathLike, weights: dict[str, np.ndarray], config: dict) -> None:

@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 
-from ..store import atomic_write
+from ..atomic import atomic_write
 from . import HOP, SAMPLE_RATE
 
 FRAME_SECONDS = HOP / SAMPLE_RATE

@@ -11,12 +11,12 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import tempfile
 import time
 import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from ..atomic import publish_modes, staging_dir
 from ..errors import FormatError, InputError, RvcMlxError
 from ..hub import models_dir
 
@@ -176,8 +176,7 @@ class VoiceLibrary:
         folder = self.folder(name)
         if (folder / VOICE_FILE).exists() and not replace:
             raise Conflict(f"voice {name!r} already exists; remove it first or pick another name")
-        self.root.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=self.root))
+        staging = staging_dir(self.root, name)
         try:
             suffix = _suffix(model, label)
             if suffix == ".zip":
@@ -188,6 +187,7 @@ class VoiceLibrary:
                 _check_index(Path(index), config, staging / INDEX_FILE)
             meta = {"name": name, "source": Path(label).name, "added": time.time()}
             (staging / META_FILE).write_text(json.dumps(meta))
+            publish_modes(staging)
             if folder.exists():
                 shutil.rmtree(folder)
             staging.rename(folder)
