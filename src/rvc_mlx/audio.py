@@ -74,6 +74,23 @@ def read(path: str | os.PathLike) -> tuple[np.ndarray, int]:
     return data.mean(axis=1).astype(np.float32), int(sr)
 
 
+def header_seconds(path: str | os.PathLike) -> float | None:
+    """An audio file's duration from its header, without decoding it (None when the header does not say).
+    Raises ``AudioError`` when the file is not audio that soundfile or FFmpeg can open."""
+    import av
+    import soundfile as sf
+
+    try:
+        return float(sf.info(str(path)).duration)
+    except (sf.LibsndfileError, RuntimeError, TypeError):
+        pass
+    try:
+        with av.open(str(path)) as container:
+            return container.duration / 1_000_000 if container.duration else None
+    except (av.FFmpegError, OSError, ValueError, UnicodeDecodeError):
+        raise AudioError(f"{path}: not an audio file (or a damaged one)") from None
+
+
 def check(audio: np.ndarray, sr: int, source: str = "audio") -> np.ndarray:
     """Reject audio that cannot be converted: empty, shorter than 0.1 s, NaN/Inf, or digital silence."""
     audio = np.asarray(audio)

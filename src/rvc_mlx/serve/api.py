@@ -176,21 +176,14 @@ def upload_name(upload: UploadFile, fallback: str) -> str:
 
 def probe_seconds(path: Path) -> float:
     """Duration of an audio file from its header when it has one (decoding it otherwise)."""
-    import av
-    import soundfile as sf
-
     from .. import audio as audio_io
 
     try:
-        return float(sf.info(str(path)).duration)
-    except (sf.LibsndfileError, RuntimeError, TypeError):
-        pass
-    try:
-        with av.open(str(path)) as container:
-            if container.duration:
-                return container.duration / 1_000_000
-    except (av.FFmpegError, OSError, ValueError, UnicodeDecodeError):
+        seconds = audio_io.header_seconds(path)
+    except AudioError:
         raise AudioError(f"{path.name}: not an audio file (or a damaged one)") from None
+    if seconds is not None:
+        return seconds
     audio, sr = audio_io.read(path)
     return audio.shape[0] / sr
 

@@ -94,22 +94,15 @@ def find_inputs(in_dir: str | Path) -> list[Path]:
 
 def estimate_seconds(path: Path) -> float:
     """The length of an audio file from its header (no decoding); from its size when the header says nothing."""
-    import soundfile as sf
+    from ..audio import header_seconds
+    from ..errors import AudioError
 
     try:
-        info = sf.info(str(path))
-        if info.samplerate > 0 and info.frames > 0:
-            return info.frames / info.samplerate
-    except (sf.LibsndfileError, RuntimeError, TypeError):
-        pass
-    try:
-        import av
-
-        with av.open(str(path)) as container:
-            if container.duration:
-                return container.duration / 1e6
-    except (av.FFmpegError, OSError, ValueError):
-        pass
+        seconds = header_seconds(path)
+    except AudioError:
+        seconds = None
+    if seconds:
+        return seconds
     try:
         return path.stat().st_size / BYTES_PER_SECOND
     except OSError:
@@ -439,21 +432,43 @@ def _import_ray():
 
 def ray_init(address: str | None, slots: int | None):
     """Connect to the Ray cluster at ``address`` (``auto``: the one this machine belongs to), or start a local one
-    for this batch (``None``/``"local"``): ``slots`` CPUs, bound to 127.0.0.1, no dashboard, no usage reporting, a
-    small object store. Returns ``(ray, started)``; ``started``: this call connected (shut it down after)."""
+    for this batch (``None``/``"local"``): ``slots`` CPUs, every process bound to 127.0.0.1, no dashboard, no usage
+    reporting, a small object store, and token authentication with a fresh token held in the environment (nothing
+    written to ``~/.ray``, no warning). Returns ``(ray, started)``; ``started``: this call connected."""
+    local = address in (None, "local")
+    if local:
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        # Ray on Linux turns 127.0.0.1 into the machine's address unless "clusters" are off (read at import)
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        token = "RAY_AUTH_MODE" not in os.environ
+        if token:
+            import secrets
+
+            os.environ["RAY_AUTH_MODE"] = "token"
+            os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(16))
     ray = _import_ray()
     if ray.is_initialized():
         return ray, False
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if local and token:
+        from ray._raylet import Config
+
+        Config.initialize("")  # Ray reads the auth mode once; refresh it if ray was imported before (as Ray does)
     common = {"include_dashboard": False, "log_to_driver": False, "logging_level": "WARNING"}
     try:
-        if address in (None, "local"):
+        if local:
+            from ray._private import ray_constants
+
+            ray_constants.ENABLE_RAY_CLUSTER = False  # as the variable above, when ray was imported before it
             ray.init(num_cpus=slots, _node_ip_address="127.0.0.1", object_store_memory=RAY_OBJECT_STORE_BYTES,
                      **common)
         else:
             ray.init(address=address, **common)
     except (ConnectionError, ValueError, RuntimeError) as e:
         raise RvcMlxError(f"ray: cannot connect to {address or 'a local cluster'}: {str(e).splitlines()[0]}") from None
+    bound = {n.get("NodeManagerAddress") for n in ray.nodes()}
+    if local and bound != {"127.0.0.1"}:
+        ray.shutdown()
+        raise RvcMlxError(f"ray: the local cluster did not bind to 127.0.0.1 (it used {', '.join(sorted(bound))})")
     return ray, True
 
 
