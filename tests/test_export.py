@@ -143,7 +143,7 @@ def test_export_cli_errors(sources, bundle, tmp_path, capsys):
         (["export", "-o", str(tmp_path / "y"), "-m", str(tmp_path / "none.pth")], "voice model not found"),
         (["export", "-o", str(tmp_path / "z"), "--index", str(tmp_path / "no.index")] + base, "index file not found"),
         (["export", "-o", str(tmp_path / "w"), "-m", str(sources["voice"]), "--hubert", str(sources["voice"]),
-          "--rmvpe", str(sources["rmvpe"])], "not a HuBERT model"),
+          "--rmvpe", str(sources["rmvpe"])], "is a voice model, not a HuBERT/ContentVec model"),
     ]
     for argv, words in cases:
         assert main(argv) == 1, argv
