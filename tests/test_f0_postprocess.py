@@ -164,3 +164,27 @@ def test_registry_lists_methods_and_rejects_unknown():
         estimate("yin", np.zeros(16000, np.float32), F0Options())
     with pytest.raises(InputError, match="mono"):
         estimate("rmvpe", np.zeros((2, 16000), np.float32), F0Options(rmvpe_path="x"))
+
+
+def test_f0_file_on_the_10ms_grid_is_its_hz_column_exactly(tmp_path):
+    """rows 0.00, 0.01, ... (what rvc-mlx pitch writes) come back bit for bit; RVC's float32 time·100 would make
+    e.g. frame 15 (0.15 s -> 15.000001) a blend of frames 14 and 15."""
+    hz = np.random.default_rng(3).uniform(60, 900, 4000).astype(np.float32)
+    hz[::5] = 0
+    path = tmp_path / "grid.csv"
+    path.write_text("".join(f"{i / 100:.2f},{float(v)!r}\n" for i, v in enumerate(hz)))
+    curve = from_file(path)
+    assert curve.dtype == np.float64 and len(curve) == len(hz)
+    np.testing.assert_array_equal(curve, hz)
+
+
+def test_f0_file_reads_the_pitch_csv(tmp_path):
+    """The header of rvc-mlx pitch's CSV is skipped; voiced 0 unvoices a frame; other third columns are errors."""
+    path = tmp_path / "pitch.csv"
+    path.write_text("time,f0,voiced\n0.00,0,0\n0.01,220.5,1\n0.02,221,0\n0.03,222.25,1\n")
+    np.testing.assert_array_equal(read_f0_file(path), np.float32([[0, 0], [0.01, 220.5], [0.02, 0], [0.03, 222.25]]))
+    np.testing.assert_array_equal(from_file(path), [0, 220.5, 0, 222.25])
+    for bad in ("time,f0,voiced\n0.00,220,0.5\n", "0.00,220\ntime,f0,voiced\n", "time,hz\n0.00,220\n"):
+        path.write_text(bad)
+        with pytest.raises(InputError, match="line"):
+            read_f0_file(path)

@@ -132,14 +132,11 @@ def cmd_download(args) -> int:
 
 
 def cmd_pitch(args) -> int:
-    from . import audio as audio_io
-    from .f0 import F0Options, estimate
     from .f0 import report
     from .service.models import f0_model_paths
 
-    audio = audio_io.load(args.input, 16000)
     models = f0_model_paths(args.method, rmvpe=args.rmvpe, crepe=args.crepe, fcpe=args.fcpe)
-    f0 = estimate(args.method, audio, F0Options(**{f"{k}_path": v for k, v in models.items()}))
+    f0, audio = tasks.pitch_contour_of(Path(args.input), args.method, models, args.filter_radius)
     if args.output:
         report.write_csv(args.output, f0)
     else:
@@ -304,9 +301,13 @@ def add_commands(sub) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_batch)
 
-    p = sub.add_parser("pitch", help="estimate the pitch (F0) of an audio file: CSV and an optional plot")
+    p = sub.add_parser("pitch", help="estimate the pitch (F0) of an audio file: CSV and an optional plot",
+                       description="Estimate the pitch contour a conversion uses and write it as CSV "
+                       "(time,f0,voiced), a valid infer --f0-file. " + tasks.PITCH_RULE)
     p.add_argument("-i", "--input", required=True, help="input audio file")
     p.add_argument("--method", default="rmvpe", choices=sorted(METHOD_MODULES), help="estimator (default rmvpe)")
+    p.add_argument("--filter-radius", type=int, metavar="N",
+                   help="harvest only: the conversion's median filter option (default 3, as infer's)")
     p.add_argument("-o", "--output", help="CSV of time,f0,voiced (default: standard output)")
     p.add_argument("--plot", help="PNG: the contour over a spectrogram")
     add_base_model_flags(p, ("rmvpe", "crepe", "fcpe"))

@@ -56,7 +56,8 @@ class ConversionOptions:
     resample_sr: int = _option(0, "resample rate", "output sample rate in Hz (0: the model's)", lo=0, hi=192000,
                                advanced=True)
     sid: int = _option(0, "speaker id", "speaker of a multi-speaker voice", lo=0, hi=65535, advanced=True)
-    f0_file: str | None = _option(None, "f0 file", "CSV of time,Hz replacing the estimated pitch", file=True,
+    f0_file: str | None = _option(None, "f0 file", "CSV of time,Hz (or rvc-mlx pitch's CSV) replacing the "
+                                  "estimated pitch before autotune and pitch shift", file=True,
                                   advanced=True)
     autotune: float = _option(0.0, "autotune", "snap the pitch to semitones, strength 0..1 (0: off)", lo=0, hi=1,
                               step=0.05)

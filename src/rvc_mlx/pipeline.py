@@ -10,6 +10,9 @@ Each step is a small function over arrays; :class:`VoiceConverter` composes them
 Deliberate deviations from the reference, each switchable back:
 * ``ConversionOptions.deterministic`` zeroes the synthesizer noise (the reference is always random).
 * retrieval guards distance-0 matches (the reference divides by zero there; see ``retrieval``).
+* an F0 file replaces the estimate *before* autotune and pitch shift (the reference: after; see
+  ``VoiceConverter.f0``), so ``pitch_contour`` (what ``rvc-mlx pitch`` writes) round-trips exactly. Not
+  switchable: with ``pitch`` 0 and no autotune both orders are the same.
 """
 
 from __future__ import annotations
@@ -102,6 +105,13 @@ def high_pass(audio: np.ndarray) -> np.ndarray:
     return y[edge:-edge]
 
 
+def prepare_input(audio: np.ndarray, sr: int) -> np.ndarray:
+    """Mono float ``audio`` at ``sr`` as every later step sees it: checked, resampled to 16 kHz, peak-limited
+    (``normalise_input``) and high-passed (float64, as the reference)."""
+    audio16k = audio_io.resample(audio_io.check(audio, sr), sr, SAMPLE_RATE)
+    return high_pass(normalise_input(audio16k.astype(np.float32)))
+
+
 def reflect_pad32(audio: np.ndarray, pad: int) -> np.ndarray:
     """``np.pad(audio, (pad, pad), mode="reflect").astype(np.float32)`` without a full-length temporary."""
     n = audio.shape[0]
@@ -140,6 +150,36 @@ def cut_points(audio: np.ndarray) -> list[int]:
             seg += np.abs(pad[i : i + hi - lo])
         points.append(lo + int(np.argmin(seg)))
     return points
+
+
+def estimate_f0(padded16k: np.ndarray, method: str, f0_options, filter_radius: int) -> np.ndarray:
+    """F0 (float64 Hz, one value per ``WINDOW`` samples, ``len(padded16k) // WINDOW`` frames at most) of the whole
+    padded audio with ``method``, and RVC's median filter when the method is harvest — the contour before an F0
+    file, autotune and pitch shift."""
+    from .f0 import estimate
+    from .f0 import postprocess as pp
+
+    f0 = estimate(method, padded16k, f0_options).astype(np.float64)
+    if method == "harvest":  # RVC filters harvest's F0 only (before cutting: the last frame sees its neighbour)
+        f0 = pp.median_filter(f0, filter_radius)
+    return f0[: padded16k.shape[0] // WINDOW]
+
+
+def pitch_contour(audio: np.ndarray, sr: int, method: str, f0_options=None, filter_radius: int = 3) -> np.ndarray:
+    """The F0 a conversion of ``audio`` with ``method`` uses, on the audio's own time axis: float32 Hz (0 =
+    unvoiced), frame i at i·10 ms, ``N16 // 160`` frames (``N16``: samples at 16 kHz).
+
+    Computed exactly as :meth:`VoiceConverter.f0` does (the same prepared audio, ``X_PAD`` s reflect padding,
+    estimate and harvest median filter), then the padding frames are cut off. It is the contour *before* an F0
+    file, autotune and pitch shift: given back as an F0 file (see ``f0.postprocess.read_f0_file``) with the same
+    ``method``, a conversion is unchanged, and ``pitch``/``autotune`` still apply to it once."""
+    from .f0 import F0Options
+
+    audio16k = prepare_input(audio, sr)
+    padded = reflect_pad32(audio16k, SAMPLE_RATE * X_PAD)
+    f0 = estimate_f0(padded, method, f0_options or F0Options(), filter_radius)
+    start = SAMPLE_RATE * X_PAD // WINDOW
+    return f0[start : start + audio16k.shape[0] // WINDOW].astype(np.float32)
 
 
 def upsample2(feats: np.ndarray) -> np.ndarray:
@@ -286,8 +326,13 @@ class VoiceConverter:
         return np.array(self.hubert.extract_rvc(audio16k.astype(np.float32), self.synthesizer.config.version))
 
     def f0(self, padded16k: np.ndarray, options: ConversionOptions) -> tuple[np.ndarray, np.ndarray]:
-        """(coarse pitch (T,) int32, f0 (T,) float32 Hz) for the whole padded audio, post-processed."""
-        from .f0 import F0Options, estimate
+        """(coarse pitch (T,) int32, f0 (T,) float32 Hz) for the whole padded audio, post-processed.
+
+        Order: estimate (+ harvest's median filter) -> F0 file replaces its span -> autotune -> pitch shift.
+        rvc==0.3.5 replaces the span *after* the shift (the file's values are never transposed); here the file
+        takes the estimate's place, so ``rvc-mlx pitch``'s contour given back as a file changes nothing and
+        ``pitch``/``autotune`` apply to it once. The file is not median-filtered (it is used as written)."""
+        from .f0 import F0Options
         from .f0 import postprocess as pp
 
         opts = F0Options(
@@ -295,17 +340,13 @@ class VoiceConverter:
             crepe_path=self.f0_models.get("crepe"),
             fcpe_path=self.f0_models.get("fcpe"),
         )
-        f0 = estimate(options.f0_method, padded16k, opts).astype(np.float64)
-        p_len = padded16k.shape[0] // WINDOW
-        if options.f0_method == "harvest":  # RVC filters harvest's F0 only
-            f0 = pp.median_filter(f0, options.filter_radius)
+        f0 = estimate_f0(padded16k, options.f0_method, opts, options.filter_radius)
+        if options.f0_file:
+            f0 = pp.apply_f0_file(f0, pp.from_file(options.f0_file), offset_frames=X_PAD * SAMPLE_RATE // WINDOW)
         if options.autotune > 0:
             f0 = pp.autotune(f0, options.autotune)
         f0 = pp.shift(f0, options.pitch)
-        if options.f0_file:
-            f0 = pp.apply_f0_file(f0, pp.from_file(options.f0_file), offset_frames=X_PAD * SAMPLE_RATE // WINDOW)
-        f0 = f0[:p_len]
-        return pp.coarse(f0)[:p_len], f0.astype(np.float32)
+        return pp.coarse(f0), f0.astype(np.float32)
 
     def convert_piece(self, piece: np.ndarray, pitch, f0, options: ConversionOptions, trace=None,
                       timings=None) -> np.ndarray:
@@ -358,8 +399,7 @@ class VoiceConverter:
         if not 0 <= options.sid < cfg.n_speakers:
             raise InputError(f"speaker id {options.sid} is out of range: this model has {cfg.n_speakers} speaker(s)")
         record = trace.__setitem__ if trace is not None else (lambda name, value: None)
-        audio16k = audio_io.resample(audio_io.check(audio, sr), sr, SAMPLE_RATE)
-        audio16k = high_pass(normalise_input(audio16k.astype(np.float32)))  # float64, as the reference
+        audio16k = prepare_input(audio, sr)  # float64, as the reference
         if trace is not None:
             record("input16k", audio16k.astype(np.float32))
         # what later steps need of the float64 audio, so that only one float32 copy stays alive (memory):

@@ -2,7 +2,8 @@
 user F0 files, and the coarse pitch (1..255) the synthesizer embeds.
 
 Order in RVC's pipeline (``rvc.modules.vc.pipeline.Pipeline.get_f0``): estimate -> (harvest only) median filter
--> shift -> replace the span covered by an F0 file (the file's values are *not* shifted) -> coarse.
+-> shift -> replace the span covered by an F0 file (the file's values are *not* shifted) -> coarse. rvc-mlx's
+pipeline replaces the span before autotune and shift instead (see ``rvc_mlx.pipeline.VoiceConverter.f0``).
 """
 
 from __future__ import annotations
@@ -81,8 +82,14 @@ def coarse(f0: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------- F0 files
 
 
+F0_FILE_HEADER = "time,f0,voiced"  # the header of the CSV ``rvc-mlx pitch`` writes (f0.report)
+
+
 def read_f0_file(path: str | os.PathLike) -> np.ndarray:
-    """Read a user F0 file: one ``time_seconds,hz`` pair per line (RVC's format). Returns (K, 2) float32."""
+    """Read a user F0 file: one ``time_seconds,hz`` pair per line (RVC's format). Returns (K, 2) float32.
+
+    The CSV ``rvc-mlx pitch`` writes is read too: its ``time,f0,voiced`` header line is skipped and a row's
+    third column, ``voiced`` (0 or 1), unvoices the frame when 0 (Hz 0 is unvoiced in any case)."""
     try:
         with open(path, encoding="utf-8") as f:
             lines = [line.strip() for line in f.read().strip("\n").split("\n")]
@@ -92,26 +99,38 @@ def read_f0_file(path: str | os.PathLike) -> np.ndarray:
         raise InputError(f"{path}: F0 file is not text") from None
     rows = []
     for number, line in enumerate(lines, 1):
-        if not line:
+        if not line or (number == 1 and line.replace(" ", "") == F0_FILE_HEADER):
             continue
         try:
             values = [float(v) for v in line.split(",")]
         except ValueError:
             values = []
+        if len(values) == 3 and values[2] in (0.0, 1.0):
+            values = [values[0], values[1] * values[2]]
         if len(values) != 2 or not all(np.isfinite(values)):
-            raise InputError(f"{path}: line {number} is not 'time_seconds,hz': {line[:60]!r}")
+            raise InputError(f"{path}: line {number} is not 'time_seconds,hz' (or 'time,f0,voiced'): {line[:60]!r}")
         rows.append(values)
     if not rows:
         raise InputError(f"{path}: F0 file has no 'time_seconds,hz' lines")
     return np.asarray(rows, dtype=np.float32)
 
 
+GRID_TOLERANCE = 1e-3  # frames: times this close to k / 100 s (k = 0, 1, 2, ...) are the 10 ms grid itself
+
+
 def f0_file_curve(table: np.ndarray) -> np.ndarray:
     """(K, 2) (time s, Hz) -> f0 at 100 fps, as RVC: frames 0 .. round((t_max - t_min)·100 + 1) - 1, linear
-    interpolation of Hz over time·100 (values before the first / after the last time are held). float64."""
+    interpolation of Hz over time·100 (values before the first / after the last time are held). float64.
+
+    When the rows are the 10 ms grid from time 0 (0.00, 0.01, 0.02, ... as ``rvc-mlx pitch`` writes), the Hz
+    column is the curve: RVC's float32 ``time·100`` is not exactly k there (0.15 s gives 15.000001), which would
+    blend each frame with its neighbour by ~1e-6 and keep a contour from coming back exactly."""
     table = np.asarray(table, dtype=np.float32)
     times, hz = table[:, 0], table[:, 1]
     n = int(np.round((times.max() - times.min()) * FRAMES_PER_SECOND + 1))
+    frames = times.astype(np.float64) * FRAMES_PER_SECOND
+    if n == len(times) and np.all(np.abs(frames - np.arange(n)) < GRID_TOLERANCE):
+        return hz.astype(np.float64)
     return np.interp(np.arange(n), times * FRAMES_PER_SECOND, hz)
 
 

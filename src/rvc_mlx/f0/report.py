@@ -8,16 +8,28 @@ import numpy as np
 
 from ..atomic import atomic_write
 from . import HOP, SAMPLE_RATE
+from .postprocess import F0_FILE_HEADER
 
 FRAME_SECONDS = HOP / SAMPLE_RATE
 SPEC_FFT = 1024
 PLOT_MAX_HZ = 1200.0
 
 
+def _hz(value: np.float32) -> str:
+    """The shortest decimal that reads back (through float64, as ``read_f0_file`` reads) as this float32, so a
+    contour given back as an F0 file is the same bits; the exact value when double rounding could differ."""
+    text = np.format_float_positional(value, unique=True, trim="-")
+    if np.float32(float(text)) != value:
+        text = np.format_float_positional(np.float64(value), unique=True, trim="-")
+    return text
+
+
 def csv_text(f0: np.ndarray) -> str:
-    """``time,f0,voiced`` rows, one per 10 ms frame (time in seconds, f0 in Hz, voiced 0/1)."""
-    rows = ["time,f0,voiced"]
-    rows += [f"{i * FRAME_SECONDS:.2f},{hz:.3f},{int(hz > 0)}" for i, hz in enumerate(np.asarray(f0, np.float64))]
+    """``time,f0,voiced`` rows, one per 10 ms frame (time in seconds, f0 in Hz, voiced 0/1). f0 is written with
+    the digits it needs to be read back bit for bit (float32): the CSV is a valid ``--f0-file``."""
+    rows = [F0_FILE_HEADER]
+    f0 = np.asarray(f0, np.float32)
+    rows += [f"{i * FRAME_SECONDS:.2f},{_hz(hz)},{int(hz > 0)}" for i, hz in enumerate(f0)]
     return "\n".join(rows) + "\n"
 
 

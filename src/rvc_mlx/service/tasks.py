@@ -195,9 +195,33 @@ def task_batch(request: dict, job_dir: Path, ctx: Context, emit: Emit | None) ->
             "failed": failed, "index": bool(paths.index)}
 
 
-def task_pitch(request: dict, job_dir: Path, ctx: Context, emit: Emit | None) -> dict:
+PITCH_RULE = ("The contour is the one a conversion with the same --f0-method uses (the same 16 kHz high-passed "
+              "audio, 1 s padding and harvest's --filter-radius median filter), one row per 10 ms from time 0, "
+              "before --autotune and --pitch. Given back to infer as --f0-file with the same --f0-method it "
+              "changes nothing (edit it to change the melody); --pitch and --autotune apply to it once, and the "
+              "1 s padding around the audio is still estimated with --f0-method.")
+
+
+def pitch_contour_of(src: Path, method: str, models: dict[str, str | None] | None = None,
+                     filter_radius: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``(f0, audio16k)`` of audio file ``src``: f0 (T,) float32 Hz at 100 fps as a conversion with ``method``
+    uses it (``pipeline.pitch_contour``; see ``PITCH_RULE``), and the file at 16 kHz (for a plot).
+    ``models``: ``f0_model_paths(method, ...)`` (default: resolved from the models directory)."""
     from .. import audio as audio_io
-    from ..f0 import F0Options, estimate
+    from ..f0 import F0Options
+    from ..pipeline import SAMPLE_RATE, pitch_contour
+
+    values = {"f0_method": method} if filter_radius is None else {"f0_method": method, "filter_radius": filter_radius}
+    options = parse_options(values)  # the same method names and ranges as conversions
+    models = f0_model_paths(method) if models is None else models
+    audio, sr = audio_io.read(src)
+    audio = audio_io.check(audio, sr, str(src))
+    f0 = pitch_contour(audio, sr, method, F0Options(**{f"{k}_path": v for k, v in models.items()}),
+                       options.filter_radius)
+    return f0, audio_io.resample(audio, sr, SAMPLE_RATE)
+
+
+def task_pitch(request: dict, job_dir: Path, ctx: Context, emit: Emit | None) -> dict:
     from ..f0 import report
 
     method = request.get("method", "rmvpe")
@@ -209,11 +233,9 @@ def task_pitch(request: dict, job_dir: Path, ctx: Context, emit: Emit | None) ->
         emit({"stage": "f0", "fraction": 0.0, "overall": 0.0})
     src = job_path(job_dir, request["inputs"][0])
     try:
-        audio = audio_io.load(src, 16000)
+        f0, _ = pitch_contour_of(src, method)
     except RvcMlxError as e:
         raise renamed(e, src, request.get("input_names", [src.name])[0]) from None
-    models = f0_model_paths(method)
-    f0 = estimate(method, audio, F0Options(**{f"{k}_path": v for k, v in models.items()}))
     out = job_dir / "output" / f"f0.{fmt}"
     if fmt == "csv":
         report.write_csv(out, f0)
