@@ -204,8 +204,7 @@ class Generator(nn.Module):
             if self.use_source:
                 if i + 1 < len(upsample_rates):
                     s = math.prod(upsample_rates[i + 1 :])
-                    k_noise = 2 * s - (s % 2 if source == "mrf" else 0)
-                    self.noise_convs.append(Conv1d(1, c_out, k_noise, stride=s, padding=s // 2))
+                    self.noise_convs.append(Conv1d(1, c_out, 2 * s, stride=s, padding=s // 2))
                 else:
                     self.noise_convs.append(Conv1d(1, c_out, 1))
             for rk, rd in zip(resblock_kernel_sizes, resblock_dilation_sizes):
