@@ -268,15 +268,10 @@ def process_worker_main(conn, paths: dict, options: dict, env: dict[str, str]) -
     except RvcMlxError as e:
         conn.send(("fatal", str(e)))
         return
+    from .worker import requests
+
     conn.send(("ready", os.getpid()))
-    while True:
-        try:
-            msg = conn.recv()
-        except (EOFError, OSError):
-            break
-        if msg[0] != "convert":
-            break
-        _, index, src, out, fmt = msg
+    for index, src, out, fmt in requests(conn, "convert"):
         state, result = _convert_one(converter, opts, src, out, fmt)
         conn.send((state, index, result))
     conn.close()

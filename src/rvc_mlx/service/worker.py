@@ -52,6 +52,19 @@ def scrub(message: str, job_dir: Path, home: Path) -> str:
     return message
 
 
+def requests(conn, kind: str):
+    """The arguments of each ``(kind, ...)`` message from the parent, until it closes the pipe or sends anything
+    else (its stop message)."""
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError):
+            return
+        if msg[0] != kind:
+            return
+        yield msg[1:]
+
+
 def worker_main(conn, home: str, cache_items: int, cache_bytes: int) -> None:
     os.environ["RVC_MLX_HOME"] = home
     import rvc_mlx  # noqa: F401  (the BLAS preload must come before MLX)
@@ -62,14 +75,7 @@ def worker_main(conn, home: str, cache_items: int, cache_bytes: int) -> None:
 
     ctx = Context(VoiceLibrary(Path(home) / "voices"), ConverterCache(cache_items, cache_bytes))
     conn.send(("ready", os.getpid()))
-    while True:
-        try:
-            msg = conn.recv()
-        except (EOFError, OSError):
-            break
-        if msg[0] != "run":
-            break
-        _, job_id, kind, request, job_dir = msg
+    for job_id, kind, request, job_dir in requests(conn, "run"):
         job_dir = Path(job_dir)
 
         def emit(event, job_id=job_id):
