@@ -165,7 +165,9 @@ def test_browser_convert_matches_cli(server, clip, home, tmp_path, monkeypatch):
             page = browser.new_page(viewport={"width": 1280, "height": 900}, accept_downloads=True)
             errors = []
             page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(server + "/ui/", wait_until="networkidle")
+            # Gradio keeps connections open, so "networkidle" can time out on a busy machine: wait for the app
+            page.goto(server + "/ui/", wait_until="load", timeout=90_000)
+            page.locator("#voice input").wait_for(timeout=90_000)
             page.locator("#voice input").click()
             page.get_by_role("option", name=VOICE, exact=True).click()
             expect(page.locator("#voice input")).to_have_value(VOICE)
