@@ -1,9 +1,9 @@
 """The ``rvc-mlx`` command: gathers the subcommands of every front end (``build_parser()`` + ``main()``).
 
-Front ends (``cli``, ``export``, ``bench``, ``serve``; ``parity`` is the library behind ``dump``/``compare``) each register their subcommands with
-``add_commands(subparsers)`` and import only the service layer and the library, never each other; this module is
-the one place that knows them all. User errors (``RvcMlxError``) print one line to stderr and exit 1, without a
-traceback.
+Front ends (``cli``, ``export``, ``bench``, ``live``, ``serve``; ``parity`` is the library behind
+``dump``/``compare``) each register their subcommands with ``add_commands(subparsers)`` and import only the
+service layer and the library, never each other; this module is the one place that knows them all. User errors
+(``RvcMlxError``) print one line to stderr and exit 1, without a traceback.
 """
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import __version__, bench, cli, export, serve
+from . import __version__, bench, cli, export, live, serve
 from .errors import RvcMlxError
 
-FRONT_ENDS = (cli, export, bench, serve)
+FRONT_ENDS = (cli, export, bench, live, serve)
 
 
 def build_parser() -> argparse.ArgumentParser:
