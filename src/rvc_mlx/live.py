@@ -204,17 +204,20 @@ def run_live(engine, backend, duration: float | None = None, out=None, status_st
     block_ms = 1000 * engine.block_size / engine.sample_rate
     shown = []
 
-    def on_status(st):
+    def header(latency_ms: float) -> None:
         if not shown:  # the devices are known once the session has opened them
             shown.append(True)
-            print(f"live: {backend.description}; latency ~{st.latency_ms:.0f} ms; Ctrl-C stops", file=out,
-                  flush=True)
+            print(f"live: {backend.description}; latency ~{latency_ms:.0f} ms; Ctrl-C stops", file=out, flush=True)
+
+    def on_status(st):
+        header(st.latency_ms)
         status(st)
 
     try:
         summary = session.run(duration=duration, on_status=on_status)
     finally:
         status.finish()
+    header(summary["latency_ms"])
     print(f"live: {summary['seconds']:.1f} s of audio, drops {summary['drops']}, underruns {summary['underruns']}, "
           f"latency ~{summary['latency_ms']:.0f} ms" + (" (stopped by Ctrl-C)" if summary["interrupted"] else ""),
           file=out)
