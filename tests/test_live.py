@@ -486,7 +486,8 @@ SMOKE = textwrap.dedent("""
     except DeviceError as e:
         unknown = str(e)
     print(json.dumps({"devices": [d["name"] for d in list_devices()], "summary": summary,
-                      "closed": backend._streams == [], "description": backend.description, "unknown": unknown}))
+                      "closed": backend._streams == [], "device_ms": backend.latency_ms(),
+                      "description": backend.description, "unknown": unknown}))
 """)
 
 
@@ -504,5 +505,41 @@ def test_sounddevice_backend_opens_and_closes_an_alsa_null_device(tmp_path):
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     assert "default" in report["devices"] and report["closed"] is True
     assert report["summary"]["seconds"] >= 0.5 and report["summary"]["interrupted"] is False
+    assert report["summary"]["latency_ms"] == pytest.approx(260 + sum(report["device_ms"]))
     assert "duplex, 48000 Hz, 4800 frames per block" in report["description"]
     assert report["unknown"].startswith("no input device matches 'no such device'")
+
+
+SIGINT_SCRIPT = textwrap.dedent("""
+    import json, sys, threading
+    sys.path.insert(0, sys.argv[1])
+    from tests.test_live import B, StandInEngine, index_signal
+    from rvc_mlx.devices import FakeBackend, LiveSession
+    backend = FakeBackend(index_signal(1000 * B))  # real time: 100 ms blocks
+    print("running", flush=True)
+    summary = LiveSession(StandInEngine(), backend).run(duration=60.0)
+    print(json.dumps({"interrupted": summary["interrupted"], "blocks": summary["blocks"],
+                      "closed": backend._threads == [],
+                      "threads": sorted(t.name for t in threading.enumerate())}))
+""")
+
+
+def test_sigint_stops_a_running_session_cleanly(tmp_path):
+    """A real Ctrl-C (SIGINT to the process) while the session waits for audio: it returns, devices closed."""
+    import signal
+
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen([sys.executable, "-c", SIGINT_SCRIPT, str(root)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    try:
+        assert proc.stdout.readline().strip() == "running"
+        time.sleep(0.8)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=RUN_TIMEOUT_S)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    report = json.loads(out.strip().splitlines()[-1])
+    assert report["interrupted"] is True and report["closed"] is True and report["blocks"] >= 3
+    assert report["threads"] == ["MainThread"]

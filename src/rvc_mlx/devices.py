@@ -190,6 +190,7 @@ class SounddeviceBackend:
         self._streams = []
         self._closing = False
         self._failure: str | None = None
+        self._latency_ms = (0.0, 0.0)
 
     def resolve(self) -> tuple[dict, dict]:
         """The (input, output) devices, looked up without opening them."""
@@ -217,6 +218,7 @@ class SounddeviceBackend:
 
     def open(self, sample_rate: int, block_size: int, on_input: InputCallback, on_output: OutputCallback) -> None:
         sd = _sounddevice()
+        self._closing, self._failure, self.xruns = False, None, 0
         dev_in, dev_out = self.resolve()
         ch_in = self._channels(sd, dev_in, "input", sample_rate)
         ch_out = self._channels(sd, dev_out, "output", sample_rate)
@@ -264,6 +266,11 @@ class SounddeviceBackend:
             self.close()
             raise DeviceError(f"cannot open audio device '{dev_in['name']}' / '{dev_out['name']}': "
                               f"{_pa_message(e)}") from None
+        if self.duplex:
+            lat_in, lat_out = self._streams[0].latency
+        else:
+            lat_in, lat_out = self._streams[0].latency, self._streams[1].latency
+        self._latency_ms = (1000.0 * lat_in, 1000.0 * lat_out)  # kept: closed streams cannot be asked
         mode = "duplex" if self.duplex else "split input/output"
         self.description = (f"{dev_in['hostapi']} '{dev_in['name']}' -> {dev_out['hostapi']} '{dev_out['name']}' "
                             f"({mode}, {sample_rate} Hz, {block_size} frames per block)")
@@ -298,13 +305,7 @@ class SounddeviceBackend:
         return self._failure
 
     def latency_ms(self) -> tuple[float, float]:
-        if not self._streams:
-            return 0.0, 0.0
-        if self.duplex:
-            lat_in, lat_out = self._streams[0].latency
-        else:
-            lat_in, lat_out = self._streams[0].latency, self._streams[1].latency
-        return 1000.0 * lat_in, 1000.0 * lat_out
+        return self._latency_ms
 
 
 class FakeBackend:
