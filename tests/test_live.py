@@ -293,6 +293,7 @@ def one_error_line(err: str) -> str:
     (["--sid", "-1"], "--sid must be at least 0"),
     (["--block-time", "nan"], "--block-time must be a finite number"),
     (["--duration", "0"], "--duration must be positive"),
+    (["--sample-rate", "8000"], "--sample-rate must be within 16000..192000"),
     (["--input-file", "in.wav"], "--input-file and --output-file go together"),
     (["--output-file", "out.wav"], "--input-file and --output-file go together"),
     (["--input-file", "missing.wav", "--output-file", "out.wav"], "missing.wav: input audio not found"),

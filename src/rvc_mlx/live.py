@@ -53,7 +53,7 @@ FLAGS = (
     Flag("index_rate", float, 0.0, 0.0, 1.0, "RATE", "how much of the voice's index to blend in (needs an index)"),
     Flag("rms_mix_rate", float, 0.0, 0.0, 1.0, "RATE", "0 follows the input's loudness, 1 keeps the output's"),
     Flag("sid", int, 0, 0, None, "ID", "speaker of a multi-speaker voice"),
-    Flag("sample_rate", int, None, None, None, "HZ", "device sample rate (default: the voice's; with --input-file "
+    Flag("sample_rate", int, None, 16000, 192000, "HZ", "device sample rate (default: the voice's; with --input-file "
          "the file is resampled to it)"),
     Flag("duration", float, None, 0.0, None, "SECONDS", "stop after this much audio (default: until Ctrl-C)"),
 )
