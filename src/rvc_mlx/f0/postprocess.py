@@ -64,18 +64,20 @@ def autotune(f0: np.ndarray, strength: float = 1.0) -> np.ndarray:
     return out.astype(f0.dtype)
 
 
-def coarse(f0: np.ndarray) -> np.ndarray:
-    """(T,) f0 Hz -> (T,) int32 coarse pitch in 1..255 (RVC's formula, float64).
+def coarse(f0: np.ndarray, dtype=np.float64) -> np.ndarray:
+    """(T,) f0 Hz -> (T,) int32 coarse pitch in 1..255 (RVC's formula, in ``dtype``: float64 offline as rvc's
+    pipeline, float32 as RVC's realtime path computes it).
 
     mel = 1127·ln(1 + f/700); voiced frames map (mel - mel(50 Hz))·254/(mel(1100 Hz) - mel(50 Hz)) + 1; the result
     is clipped to 1..255 and rounded half-to-even; f0 <= 0 gives 1.
     """
-    f0 = np.asarray(f0, dtype=np.float64)
+    f0 = np.asarray(f0, dtype=dtype)
     mel_min = MEL_SCALE * np.log(1.0 + F0_MIN / MEL_BREAK_HZ)
     mel_max = MEL_SCALE * np.log(1.0 + F0_MAX / MEL_BREAK_HZ)
-    mel = MEL_SCALE * np.log(1.0 + np.maximum(f0, 0.0) / MEL_BREAK_HZ)
+    mel = (MEL_SCALE * np.log(1.0 + np.maximum(f0, 0.0) / dtype(MEL_BREAK_HZ))).astype(dtype)
     voiced = mel > 0
-    mel[voiced] = (mel[voiced] - mel_min) * (COARSE_BINS - COARSE_MIN) / (mel_max - mel_min) + COARSE_MIN
+    mel[voiced] = (mel[voiced] - dtype(mel_min)) * dtype(COARSE_BINS - COARSE_MIN) / dtype(mel_max - mel_min) \
+        + dtype(COARSE_MIN)
     return np.rint(np.clip(mel, COARSE_MIN, COARSE_BINS)).astype(np.int32)
 
 

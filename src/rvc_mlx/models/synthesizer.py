@@ -40,6 +40,8 @@ LAYER_NORM_EPS = 1e-5
 ATTENTION_WINDOW = 10
 PITCH_BINS = 256  # emb_pitch rows (coarse pitch 1..255, 0 unused)
 FLOW_KERNEL, FLOW_DILATION, FLOW_WN_LAYERS, FLOW_COUPLINGS = 5, 1, 3, 4
+# frames of left context that make the reverse flow on a window exact: the WN half-width per coupling (24)
+FLOW_CONTEXT = (FLOW_KERNEL - 1) // 2 * FLOW_DILATION * FLOW_WN_LAYERS * FLOW_COUPLINGS
 
 
 @dataclass
@@ -302,7 +304,8 @@ class Synthesizer(nn.Module):
             pitch = f0 = None
         return feats[None], pitch, f0, mx.array([int(sid)])
 
-    def _noise(self, noise, t: int, seed: int | None) -> Noise:
+    def _noise(self, noise, t: int, t_dec: int, seed: int | None) -> Noise:
+        """Noise for ``t`` prior frames of which the decoder sees ``t_dec``."""
         if isinstance(noise, Noise):
             return noise
         if noise == "none":
@@ -312,24 +315,43 @@ class Synthesizer(nn.Module):
         key = mx.random.key(seed) if seed is not None else mx.random.key(int(np.random.SeedSequence().entropy % 2**63))
         kz, ks, kp, kd = mx.random.split(key, 4)
         z = mx.random.normal((1, t, self.config.inter_channels), key=kz)
-        shape = self.dec.noise_shape(t)
+        shape = self.dec.noise_shape(t_dec)
         source = mx.random.normal(shape, key=ks) if shape else None
         return Noise(z=z, phase=self.dec.random_phase(kp), source=source, key=kd)
 
     # -- forward ----------------------------------------------------------------------------------------------
 
-    def stages(self, feats, pitch=None, f0=None, sid: int = 0, noise="default", seed: int | None = None) -> dict:
+    def stages(self, feats, pitch=None, f0=None, sid: int = 0, noise="default", seed: int | None = None,
+               skip_head: int | None = None, return_length: int | None = None) -> dict:
         """Run the network and return every stage (batch of 1, channels last):
 
-        ``m_p, logs_p, z_p, z``: ``(1, T, inter)``; ``audio``: ``(T·upp,)`` float32.
+        ``m_p, logs_p, z_p, z``: ``(1, T', inter)``; ``audio``: ``(T'' · upp,)`` float32.
         ``feats (T, feature_dim)`` @100 fps; ``pitch (T,)`` coarse 1..255; ``f0 (T,)`` Hz (0 = unvoiced).
+
+        ``skip_head``, ``return_length`` (frames; both or neither): RVC's realtime window. The text encoder sees
+        all ``T`` frames, the flow frames ``max(skip_head − FLOW_CONTEXT, 0)`` on (``T'`` of them: enough left
+        context that its output from ``skip_head`` on is the full pass's), the decoder only frames
+        ``skip_head .. skip_head + return_length`` (``T''``); without them ``T' = T'' = T``.
         """
         x, pitch, f0, sid = self._inputs(feats, pitch, f0, sid)
-        nz = self._noise(noise, x.shape[1], seed)
+        t = x.shape[1]
+        flow_head, dec_head, t_dec = 0, 0, t
+        if skip_head is not None or return_length is not None:
+            if skip_head is None or return_length is None or skip_head < 0 or return_length < 1 \
+                    or skip_head + return_length > t:
+                raise InputError(f"window skip_head={skip_head}, return_length={return_length} does not fit "
+                                 f"{t} frames")
+            flow_head = max(skip_head - FLOW_CONTEXT, 0)
+            dec_head, t_dec = skip_head - flow_head, return_length
         g = self.emb_g(sid)[:, None, :]  # (1, 1, gin)
         m_p, logs_p = self.enc_p(x, pitch)
+        m_p, logs_p = m_p[:, flow_head:], logs_p[:, flow_head:]
+        nz = self._noise(noise, m_p.shape[1], t_dec, seed)
         z_p = m_p if nz.z is None else m_p + mx.exp(logs_p) * nz.z * nz.scale
         z = self.flow.reverse(z_p, g)
+        if t_dec != t:
+            z = z[:, dec_head : dec_head + t_dec]
+            f0 = None if f0 is None else f0[:, skip_head : skip_head + t_dec]
         src = SourceNoise(phase=nz.phase, noise=nz.source, key=nz.key)
         audio = self.dec(z, f0, g, src).reshape(-1)
         return {"m_p": m_p, "logs_p": logs_p, "z_p": z_p, "z": z, "audio": audio}
