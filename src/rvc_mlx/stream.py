@@ -32,6 +32,7 @@ import mlx.core as mx
 import numpy as np
 
 from .errors import InputError
+from .pipeline import timed
 
 SAMPLE_RATE = 16000  # HuBERT and the F0 estimators
 HOP = 160  # 16 kHz samples per 10 ms frame
@@ -273,13 +274,14 @@ class Latency:
 @dataclass
 class StreamStats:
     """Counters of a stream: blocks converted, blocks dropped (by the I/O layer when it fell behind), input
-    samples that were not finite (zeroed), and recent per-block compute times."""
+    samples that were not finite (zeroed), recent per-block compute times and the last block's time per stage."""
 
     block_ms: float
     blocks: int = 0
     drops: int = 0
     bad_samples: int = 0
     compute_ms: deque = field(default_factory=lambda: deque(maxlen=STATS_WINDOW))
+    stage_ms: dict = field(default_factory=dict)  # stage -> ms of the last block (hubert, index, f0, synthesis)
 
     def summary(self) -> dict:
         times = np.array(self.compute_ms) if self.compute_ms else np.zeros(1)
@@ -388,6 +390,7 @@ class StreamConverter:
     def process(self, block) -> np.ndarray:
         """Convert one block: ``(block_size,)`` float at ``sample_rate`` -> ``(block_size,)`` float32."""
         start = time.perf_counter()
+        self.stats.stage_ms = {}
         out = self._process(self._check(block))
         self.stats.blocks += 1
         self.stats.compute_ms.append(1000 * (time.perf_counter() - start))
@@ -428,21 +431,27 @@ class StreamConverter:
         """The voice on the 16 kHz ring: ``return_length`` frames of audio at the model rate."""
         vc, geo, opts = self.converter, self.geometry, self.options
         cfg = vc.synthesizer.config
-        feats = vc.content_features(self.input_wav16k)
+        seconds = {}
+        with timed(seconds, "hubert"):
+            feats = vc.content_features(self.input_wav16k)
         feats = np.concatenate([feats, feats[-1:]])
         new = geo.skip_head // 2
         if vc.index is not None and opts.index_rate != 0:
-            feats[new:] = vc.index.blend(feats[new:], opts.index_rate)
+            with timed(seconds, "index"):
+                feats[new:] = vc.index.blend(feats[new:], opts.index_rate)
         p_len = self.input_wav16k.shape[0] // HOP
         feats = np.repeat(feats, 2, axis=0)[:p_len]
         pitch = f0 = None
         if cfg.use_f0:
-            self._update_pitch()
+            with timed(seconds, "f0"):
+                self._update_pitch()
             pitch, f0 = self.cache_pitch[-p_len:], self.cache_pitchf[-p_len:]
         noise = "none" if opts.deterministic else "default"
-        audio = vc.synthesizer.stages(feats, pitch, f0, sid=opts.sid, noise=noise, skip_head=geo.skip_head,
-                                      return_length=geo.return_length)["audio"]
-        mx.eval(audio)
+        with timed(seconds, "synthesis"):
+            audio = vc.synthesizer.stages(feats, pitch, f0, sid=opts.sid, noise=noise, skip_head=geo.skip_head,
+                                          return_length=geo.return_length)["audio"]
+            mx.eval(audio)
+        self.stats.stage_ms = {k: 1000 * v for k, v in seconds.items()}
         return np.array(audio)
 
     def _update_pitch(self) -> None:
