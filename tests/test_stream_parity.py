@@ -100,8 +100,10 @@ SLOW_CASES = {
 def run_case(models, name, cases):
     voice, f0_method, sr, extra, kw = cases[name]
     ours, ref = engines(models, voice, f0_method, sr, extra, **kw)
-    worst = check(compare(ours, ref), MAX_ABS_F0)
-    print(f"{name}: worst block max-abs {worst:.2e}")
+    rows = compare(ours, ref)
+    worst = check(rows, MAX_ABS_F0)
+    print(f"{name}: worst block max-abs {worst:.2e}, median {np.median([r[0] for r in rows]):.2e}, "
+          f"lowest corr {min(r[1] for r in rows):.9f}")
 
 
 @pytest.mark.parametrize("name", list(CASES))
