@@ -8,6 +8,7 @@ stored vectors, weight them by (1 / distance)^2 normalised per frame, and mix th
 from __future__ import annotations
 
 import os
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,115 @@ from .errors import InputError
 
 TOP_K = 8
 MIN_DISTANCE = 1e-10  # guards exact matches (distance 0), where RVC itself would produce NaN
+MAX_DIM = 65536  # feature dimensions: RVC's are 256 / 768
+_FLAT = {b"IxF2": 1, b"IxFI": 0}  # flat L2 / inner product: fourcc -> faiss metric type
+_IVF_FLAT = b"IwFl"
+_MAX_NESTING = 4
+
+
+class _Corrupt(Exception):
+    pass
+
+
+class _IndexReader:
+    """Walks a faiss ``.index`` byte by byte, checking every count against the bytes that are there.
+
+    faiss trusts its file: a header may ask it to allocate terabytes, or to read past the data. This reader
+    accepts the layouts RVC writes (``IndexFlatL2``/``IndexFlatIP``, ``IndexIVFFlat`` over a flat quantizer with
+    array inverted lists) only when the file is exactly that structure, so faiss is handed nothing it can
+    misread; the largest allocation faiss then makes is bounded by the file's own size."""
+
+    def __init__(self, data: bytes):
+        self.data, self.pos = data, 0
+
+    def take(self, n: int) -> bytes:
+        if n < 0 or self.pos + n > len(self.data):
+            raise _Corrupt("truncated")
+        out = self.data[self.pos : self.pos + n]
+        self.pos += n
+        return out
+
+    def u64(self) -> int:
+        return struct.unpack("<Q", self.take(8))[0]
+
+    def count(self, item: int) -> int:
+        """A size_t element count whose elements (``item`` bytes each) must fit in the rest of the file."""
+        n = self.u64()
+        if n * item > len(self.data) - self.pos:
+            raise _Corrupt(f"a count of {n} is larger than the file")
+        return n
+
+    def header(self, depth: int) -> tuple[bytes, int, int]:
+        fourcc = self.take(4)
+        if fourcc not in _FLAT and fourcc != _IVF_FLAT:
+            raise _Corrupt(f"unsupported index type {fourcc!r} (rvc-mlx reads flat and IVF-flat indexes)")
+        d, ntotal, _, _, trained, metric = struct.unpack("<iqqqBi", self.take(33))
+        if not 0 < d <= MAX_DIM:
+            raise _Corrupt(f"dimension {d}")
+        if ntotal < 0 or ntotal * d * 4 > len(self.data):
+            raise _Corrupt(f"{ntotal} vectors do not fit in the file")
+        if trained not in (0, 1) or metric not in (0, 1):
+            raise _Corrupt("bad metric or training flag")
+        if fourcc in _FLAT and metric != _FLAT[fourcc]:
+            raise _Corrupt("metric disagrees with the index type")
+        return fourcc, d, ntotal
+
+    def index(self, depth: int = 0) -> tuple[int, int]:
+        if depth > _MAX_NESTING:
+            raise _Corrupt("nested too deeply")
+        fourcc, d, ntotal = self.header(depth)
+        if fourcc in _FLAT:
+            if self.count(4) != ntotal * d:
+                raise _Corrupt("flat index holds a different number of floats than its header says")
+            self.take(ntotal * d * 4)
+            return d, ntotal
+        nlist, _nprobe = self.u64(), self.u64()
+        if not 0 < nlist <= max(ntotal, 1) * 4 + 1024:
+            raise _Corrupt(f"{nlist} inverted lists")
+        qd, qn = self.index(depth + 1)
+        if qd != d or qn != nlist:
+            raise _Corrupt("quantizer does not match the inverted lists")
+        if self.take(1) not in (b"\x00", b"\x01"):  # direct map type: none or array
+            raise _Corrupt("unsupported direct map")
+        self.take(self.count(8) * 8)
+        if self.take(4) != b"ilar" or self.u64() != nlist or self.u64() != d * 4:
+            raise _Corrupt("inverted lists do not match the index")
+        kind = self.take(4)
+        if kind == b"full":
+            n = self.count(8)
+            if n != nlist:
+                raise _Corrupt("inverted list sizes")
+            sizes = struct.unpack(f"<{n}Q", self.take(8 * n))
+        elif kind == b"sprs":
+            n = self.count(8)
+            if n % 2:
+                raise _Corrupt("inverted list sizes")
+            pairs = struct.unpack(f"<{n}Q", self.take(8 * n))
+            sizes = [0] * nlist
+            for i, size in zip(pairs[::2], pairs[1::2]):
+                if i >= nlist:
+                    raise _Corrupt("inverted list number out of range")
+                sizes[i] = size
+        else:
+            raise _Corrupt("unsupported inverted list layout")
+        if sum(sizes) != ntotal or ntotal * (d * 4 + 8) > len(self.data) - self.pos:
+            raise _Corrupt("inverted lists hold a different number of vectors than the header says")
+        for size in sizes:
+            self.take(size * (d * 4 + 8))
+        return d, ntotal
+
+
+def check_index_file(data: bytes, source: str = "index") -> tuple[int, int]:
+    """``(dimension, vectors)`` of a faiss index file's bytes after checking its whole structure; ``InputError``
+    (one line) when it is not exactly a flat or IVF-flat index (corrupt, truncated, trailing bytes, other type)."""
+    reader = _IndexReader(data)
+    try:
+        d, ntotal = reader.index()
+        if reader.pos != len(data):
+            raise _Corrupt(f"{len(data) - reader.pos} bytes after the index")
+    except (_Corrupt, struct.error) as e:
+        raise InputError(f"{source}: not a usable faiss index ({e})") from None
+    return d, ntotal
 
 
 class FeatureIndex:
@@ -36,12 +146,19 @@ class FeatureIndex:
         if not path.is_file():
             raise InputError(f"{path}: index file not found")
         try:
-            index = faiss.read_index(str(path))
-        except RuntimeError:
-            raise InputError(f"{path}: not a faiss index (corrupt or wrong file)") from None
-        if index.ntotal == 0:
+            data = path.read_bytes()
+        except OSError as e:
+            raise InputError(f"{path}: cannot read index ({e.strerror or e})") from None
+        d, ntotal = check_index_file(data, str(path))
+        if ntotal == 0:
             raise InputError(f"{path}: index is empty")
-        vectors = index.reconstruct_n(0, index.ntotal).astype(np.float32)
+        try:  # checked above: faiss reads exactly the structure it wrote, from memory
+            index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
+            vectors = index.reconstruct_n(0, index.ntotal).astype(np.float32)
+        except RuntimeError as e:
+            raise InputError(f"{path}: not a usable faiss index ({str(e).splitlines()[0][:120]})") from None
+        if index.d != d or index.ntotal != ntotal:
+            raise InputError(f"{path}: not a usable faiss index (faiss read a different shape)")
         return cls(index, vectors, str(path))
 
     @classmethod
