@@ -45,7 +45,11 @@ def _read_av(path: Path):
             if stream is None:
                 raise AudioError(f"{path}: no audio stream in file")
             resampler = av.AudioResampler(format="flt", layout="mono")
-            sr = stream.codec_context.sample_rate or stream.rate
+            # a damaged file may have an audio stream without a decoder (codec_context None) or a rate
+            codec = stream.codec_context
+            sr = (codec.sample_rate if codec is not None else None) or getattr(stream, "rate", None)
+            if codec is None or not sr:
+                raise AudioError(f"{path}: cannot decode audio (no decoder or sample rate for its audio stream)")
             chunks = []
             for frame in container.decode(stream):
                 for out in resampler.resample(frame):
@@ -53,7 +57,7 @@ def _read_av(path: Path):
             for out in resampler.resample(None):
                 chunks.append(out.to_ndarray().reshape(-1))
     except av.FFmpegError as e:
-        raise AudioError(f"{path}: cannot decode audio ({e})") from None
+        raise AudioError(f"{path}: cannot decode audio ({' '.join(str(e).split())[:200]})") from None
     data = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
     return data[:, None].astype(np.float32), int(sr)
 

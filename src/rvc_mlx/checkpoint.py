@@ -293,6 +293,7 @@ def _resolve(obj, build):
 
 
 def _read_legacy(path: Path, upcast_half: bool):
+    size = path.stat().st_size
     with open(path, "rb") as f:
         def plain():
             return _RestrictedUnpickler(f, lambda pid: None, upcast_half).load()
@@ -319,6 +320,8 @@ def _read_legacy(path: Path, upcast_half: bool):
             (n,) = struct.unpack("<q", f.read(8))
             dtype = dtypes.get(key, "uint8")
             nbytes = n * np.dtype("uint16" if dtype == "bfloat16" else dtype).itemsize
+            if not 0 <= nbytes <= size - f.tell():  # a size field set huge must not make us allocate it
+                raise CheckpointError(f"storage {key} claims {n} elements, more than the file holds (corrupt file)")
             roots[key] = f.read(nbytes)
             if len(roots[key]) != nbytes:
                 raise CheckpointError("truncated storage data")

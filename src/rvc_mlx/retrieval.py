@@ -79,9 +79,11 @@ class _IndexReader:
                 raise _Corrupt("flat index holds a different number of floats than its header says")
             self.take(ntotal * d * 4)
             return d, ntotal
-        nlist, _nprobe = self.u64(), self.u64()
+        nlist, nprobe = self.u64(), self.u64()
         if not 0 < nlist <= max(ntotal, 1) * 4 + 1024:
             raise _Corrupt(f"{nlist} inverted lists")
+        if not 0 < nprobe <= nlist:
+            raise _Corrupt(f"nprobe {nprobe} with {nlist} inverted lists")
         qd, qn = self.index(depth + 1)
         if qd != d or qn != nlist:
             raise _Corrupt("quantizer does not match the inverted lists")
@@ -111,7 +113,10 @@ class _IndexReader:
         if sum(sizes) != ntotal or ntotal * (d * 4 + 8) > len(self.data) - self.pos:
             raise _Corrupt("inverted lists hold a different number of vectors than the header says")
         for size in sizes:
-            self.take(size * (d * 4 + 8))
+            self.take(size * d * 4)
+            ids = np.frombuffer(self.take(size * 8), dtype="<i8")
+            if ids.size and (ids.min() < 0 or ids.max() >= ntotal):  # retrieval indexes the vectors by id
+                raise _Corrupt("a vector id is out of range")
         return d, ntotal
 
 

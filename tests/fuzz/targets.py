@@ -10,13 +10,9 @@ import numpy as np
 
 def run_pth(path: Path, out: Path) -> None:
     from rvc_mlx import store
-    from rvc_mlx.checkpoint import load_checkpoint
-    from rvc_mlx.convert import convert_file, detect_kind
+    from rvc_mlx.convert import convert_file
 
-    load_checkpoint(path)
-    if detect_kind(load_checkpoint(path)) is None:
-        return
-    weights, config = convert_file(path)
+    weights, config = convert_file(path)  # load_checkpoint + detect + convert (ConversionError for non-voices)
     store.save(out / "voice.safetensors", weights, config)
 
 

@@ -117,10 +117,11 @@ def read_f0_file(path: str | os.PathLike) -> np.ndarray:
     return np.asarray(rows, dtype=np.float32)
 
 
+MAX_F0_FILE_FRAMES = 24 * 3600 * FRAMES_PER_SECOND  # 24 hours: a time column beyond that is a typo or damage
 GRID_TOLERANCE = 1e-3  # frames: times this close to k / 100 s (k = 0, 1, 2, ...) are the 10 ms grid itself
 
 
-def f0_file_curve(table: np.ndarray) -> np.ndarray:
+def f0_file_curve(table: np.ndarray, source: str = "F0 file") -> np.ndarray:
     """(K, 2) (time s, Hz) -> f0 at 100 fps, as RVC: frames 0 .. round((t_max - t_min)·100 + 1) - 1, linear
     interpolation of Hz over time·100 (values before the first / after the last time are held). float64.
 
@@ -129,7 +130,13 @@ def f0_file_curve(table: np.ndarray) -> np.ndarray:
     blend each frame with its neighbour by ~1e-6 and keep a contour from coming back exactly."""
     table = np.asarray(table, dtype=np.float32)
     times, hz = table[:, 0], table[:, 1]
-    n = int(np.round((times.max() - times.min()) * FRAMES_PER_SECOND + 1))
+    span = (float(times.max()) - float(times.min())) * FRAMES_PER_SECOND + 1
+    if not span <= MAX_F0_FILE_FRAMES:
+        raise InputError(
+            f"{source}: F0 file spans {span / FRAMES_PER_SECOND:.0f} s; at most {MAX_F0_FILE_FRAMES // FRAMES_PER_SECOND // 3600} "
+            "hours of frames are read (check the time column)"
+        )
+    n = int(np.round(span))
     frames = times.astype(np.float64) * FRAMES_PER_SECOND
     if n == len(times) and np.all(np.abs(frames - np.arange(n)) < GRID_TOLERANCE):
         return hz.astype(np.float64)
@@ -149,5 +156,5 @@ def apply_f0_file(f0: np.ndarray, curve: np.ndarray, offset_frames: int = 0) -> 
 
 def from_file(path: str | os.PathLike, n_frames: int | None = None) -> np.ndarray:
     """F0 curve (100 fps, starting at time 0 of the original audio) from a user F0 file, at most ``n_frames`` long."""
-    curve = f0_file_curve(read_f0_file(path))
+    curve = f0_file_curve(read_f0_file(path), str(path))
     return curve if n_frames is None else curve[:n_frames]
