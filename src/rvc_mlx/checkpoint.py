@@ -20,6 +20,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import pickletools
 import struct
 import zipfile
 import zlib
@@ -175,8 +176,26 @@ def _rebuild_tensor(storage, offset, size, stride, *rest, upcast_half=False, dty
     return arr
 
 
+_MEMO_OPS = ("BINPUT", "LONG_BINPUT", "PUT", "BINGET", "LONG_BINGET", "GET")
+
+
+def _prescan(file, size: int) -> None:
+    """Walk one pickle's opcodes (pure Python, nothing built) before the C unpickler runs it.
+
+    The C unpickler trusts two kinds of numbers: a bytes/str length (it allocates that many bytes before
+    reading them) and a memo index (it grows the memo to that index). A pickle of ``size`` bytes can hold at most
+    ``size`` of anything, so a larger length is a truncated or damaged file (``pickletools`` finds that out by
+    reading what is there) and a larger memo index is damage too."""
+    start = file.tell()
+    for op, arg, _ in pickletools.genops(file):
+        if op.name in _MEMO_OPS and isinstance(arg, int) and not 0 <= arg <= size:
+            raise CheckpointError(f"pickle memo index {arg} is out of range (corrupt file)")
+    file.seek(start)
+
+
 class _RestrictedUnpickler(pickle.Unpickler):
     def __init__(self, file, storages, upcast_half: bool, lazy: bool = False):
+        _prescan(file, len(file.getbuffer()))
         super().__init__(file)
         self._storages = storages  # callable(pid tuple) -> _Storage
         self._upcast = upcast_half
@@ -293,8 +312,11 @@ def _resolve(obj, build):
 
 
 def _read_legacy(path: Path, upcast_half: bool):
-    size = path.stat().st_size
-    with open(path, "rb") as f:
+    # From memory, not the file: a length field set huge in a pickle opcode makes the unpickler ask for that many
+    # bytes, which a file object allocates before reading (a BytesIO returns what is there).
+    raw = path.read_bytes()
+    size = len(raw)
+    with io.BytesIO(raw) as f:
         def plain():
             return _RestrictedUnpickler(f, lambda pid: None, upcast_half).load()
 
@@ -368,10 +390,11 @@ def load_checkpoint(path: str | os.PathLike, upcast_half: bool = False) -> Any:
             return _read_legacy(path, upcast_half)
         raise CheckpointError(f"{path}: not a torch checkpoint (neither a zip nor a pickle)")
     except CheckpointError as e:
-        msg = str(e)
+        msg = " ".join(str(e).split())
         raise CheckpointError(msg if msg.startswith(str(path)) else f"{path}: {msg}") from None
     except _LOAD_ERRORS as e:
-        raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({type(e).__name__}: {e})"[:300]) from None
+        detail = " ".join(str(e).split())  # one line: a damaged pickle's text may hold newlines
+        raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({type(e).__name__}: {detail})"[:300]) from None
     except OSError as e:
         raise CheckpointError(f"{path}: cannot read ({e.strerror or e})") from None
 
