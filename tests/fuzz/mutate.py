@@ -141,6 +141,8 @@ def zip_member_edit(data, rng, pickle_only: bool = False):
             members = [(i, zf.read(i)) for i in zf.infolist()]
     except Exception:
         return bit_flip(data, rng)
+    if not members:
+        return bit_flip(data, rng)
     pkls = [k for k, (i, _) in enumerate(members) if i.filename.endswith("data.pkl")]
     k = pkls[0] if (pickle_only or rng.random() < 0.5) and pkls else int(rng.integers(0, len(members)))
     info, body = members[k]
@@ -419,5 +421,8 @@ def mutate(target: str, data: bytes, rng) -> bytes:
     """1-3 mutations of ``data``: structure-aware ones for ``target`` about two times in three."""
     for _ in range(int(rng.integers(1, 4))):
         pool = STRUCTURED[target] if rng.random() < 0.65 else GENERIC
-        data = pool[int(rng.integers(0, len(pool)))](data, rng)
+        try:
+            data = pool[int(rng.integers(0, len(pool)))](data, rng)
+        except Exception:  # a structured mutator met input it cannot parse (an earlier mutation): flip bits instead
+            data = bit_flip(data, rng)
     return data

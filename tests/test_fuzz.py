@@ -1,0 +1,204 @@
+"""Bounded fuzz run of every loader (tests/fuzz): 2 000 mutated real files per target with a fixed seed end in
+success or one clean ``RvcMlxError`` line — no crash, hang, traceback, runaway allocation or leftover file.
+Seeded faults show the harness reports each failure class. Regression tests for what the fuzzing found."""
+
+from __future__ import annotations
+
+import io
+import pickle
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rvc_mlx.errors import RvcMlxError
+from tests.fuzz import seeds
+from tests.fuzz.runner import FAILURES, run
+from tests.fuzz.targets import TARGETS
+
+CI_CASES = 2000
+CI_SEED = 20261202
+
+
+@pytest.fixture(scope="module")
+def seed_dirs(tmp_path_factory):
+    return {t: tmp_path_factory.mktemp(f"seeds-{t}") for t in TARGETS}
+
+
+@pytest.mark.parametrize("target", list(TARGETS))
+def test_fuzz_target(target, seed_dirs):
+    seeds.build(target, seed_dirs[target])
+    result = run(target, CI_CASES, seed=CI_SEED, seed_dir=seed_dirs[target])
+    assert result["ok"] + result["error"] == CI_CASES, result["failures"][:10]
+    assert all(result[k] == 0 for k in FAILURES)
+    assert result["ok"] > 0 and result["error"] > 0  # the mutations reach both outcomes
+
+
+@pytest.mark.parametrize("fault, outcome", [
+    ("keyerror", "traceback"), ("newline", "traceback"), ("leak", "leak"), ("segfault", "crash"),
+    ("hang", "hang"), ("allocate", "oom"),
+])
+def test_harness_reports_seeded_faults(fault, outcome, tmp_path):
+    seed_dir = tmp_path / "seeds"
+    seeds.build("f0", seed_dir)
+    result = run("f0", 2, seed=CI_SEED, seed_dir=seed_dir, fault=fault, timeout=3.0)
+    assert result[outcome] == 2, result
+    assert [f["case"] for f in result["failures"]] == [0, 1]
+
+
+# -- regressions: what the fuzzing found ---------------------------------------------------------------------
+
+
+def _one_line(err):
+    assert "\n" not in str(err.value) and str(err.value)
+
+
+def test_index_with_out_of_range_ids_or_nprobe_is_refused(tmp_path):
+    """IVF index whose stored ids point past the vectors (blend raised IndexError) or nprobe > nlist."""
+    from rvc_mlx.errors import InputError
+    from rvc_mlx.retrieval import FeatureIndex
+
+    flat, ivf = seeds.build_index(tmp_path)
+    data = ivf.read_bytes()
+    last_id = len(data) - 8
+    bad = tmp_path / "ids.index"
+    bad.write_bytes(data[:last_id] + struct.pack("<q", 2**39) + data[last_id + 8:])
+    with pytest.raises(InputError, match="vector id is out of range") as err:
+        FeatureIndex.load(bad)
+    _one_line(err)
+    nprobe = 4 + 4 + 8 * 3 + 1 + 4 + 8  # after fourcc, d, ntotal, 2 dummies, is_trained, metric, nlist
+    bad.write_bytes(data[:nprobe] + struct.pack("<Q", 99) + data[nprobe + 8:])
+    with pytest.raises(InputError, match="nprobe"):
+        FeatureIndex.load(bad)
+
+
+@pytest.mark.parametrize("edit", ["ntotal", "dim", "count", "trailing", "type"])
+def test_index_header_fields_are_checked_before_faiss(tmp_path, edit):
+    """faiss allocates what a header says: ntotal/dimension/vector counts set huge must not reach it."""
+    from rvc_mlx.errors import InputError
+    from rvc_mlx.retrieval import FeatureIndex
+
+    flat, _ = seeds.build_index(tmp_path)
+    data = flat.read_bytes()
+    data = {
+        "ntotal": data[:8] + struct.pack("<q", 2**40) + data[16:],
+        "dim": data[:4] + struct.pack("<i", 2**30) + data[8:],
+        "count": data[:37] + struct.pack("<Q", 2**61) + data[45:],
+        "trailing": data + b"\0",
+        "type": b"IxHN" + data[4:],
+    }[edit]
+    bad = tmp_path / "bad.index"
+    bad.write_bytes(data)
+    with pytest.raises(InputError) as err:
+        FeatureIndex.load(bad)
+    _one_line(err)
+    assert FeatureIndex.load(flat).vectors.shape == (40, 8)
+
+
+def test_f0_file_with_absurd_times_is_refused(tmp_path):
+    """A time of 1e30 s made from_file ask numpy for 1e32 frames (ValueError / MemoryError, a traceback)."""
+    from rvc_mlx.errors import InputError
+    from rvc_mlx.f0.postprocess import from_file
+
+    path = tmp_path / "f0.csv"
+    path.write_text("0,100\n1e30,200\n")
+    with pytest.raises(InputError, match="F0 file spans") as err:
+        from_file(path)
+    _one_line(err)
+    path.write_text("0,100\n0.5,200\n")
+    assert from_file(path).shape == (51,)
+
+
+def test_audio_stream_without_decoder_is_a_clean_error(tmp_path):
+    """A wav whose format tag is damaged so FFmpeg finds an audio stream with no decoder: AttributeError before."""
+    from rvc_mlx import audio
+    from rvc_mlx.errors import AudioError
+
+    wav = seeds.build_audio(tmp_path)[0]
+    data = bytearray(wav.read_bytes())
+    fmt = data.find(b"fmt ")
+    data[fmt + 8:fmt + 10] = struct.pack("<H", 0x1234)  # unknown format tag
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(bytes(data))
+    try:
+        audio.read(bad)
+    except AudioError as e:
+        assert "\n" not in str(e)
+
+
+def _legacy_with_huge_length(tmp_path) -> Path:
+    import torch
+
+    path = tmp_path / "legacy.pt"
+    torch.save({"name": "x" * 40, "w": torch.ones(3)}, path, _use_new_zipfile_serialization=False)
+    data = path.read_bytes()
+    at = data.find(b"X(\x00\x00\x00")  # BINUNICODE of the 40-character string
+    assert at > 0
+    return path, data[:at + 1] + struct.pack("<I", 2**32 - 2) + data[at + 5:]
+
+
+def test_pickle_length_set_huge_is_not_allocated(tmp_path):
+    """A BINUNICODE/BINBYTES length set to 4 GiB made the C unpickler allocate it (MemoryError under a cap,
+    gigabytes of RSS without one) before finding the file truncated."""
+    from rvc_mlx.checkpoint import load_checkpoint
+    from rvc_mlx.errors import CheckpointError
+
+    path, bad = _legacy_with_huge_length(tmp_path)
+    path.write_bytes(bad)
+    with pytest.raises(CheckpointError, match="corrupt or truncated") as err:
+        load_checkpoint(path)
+    _one_line(err)
+
+
+def test_pickle_memo_index_set_huge_is_refused(tmp_path):
+    from rvc_mlx.checkpoint import load_checkpoint
+    from rvc_mlx.errors import CheckpointError
+
+    path = tmp_path / "memo.pt"
+    body = pickle.dumps({"a": [1, 2]}, protocol=2)
+    at = body.find(b"q")  # BINPUT
+    body = body[:at] + b"r" + struct.pack("<I", 2**31 - 1) + body[at + 2:]  # LONG_BINPUT 2**31 - 1
+    import torch
+
+    torch.save({"w": torch.ones(1)}, path)
+    import zipfile
+
+    with zipfile.ZipFile(path) as zf:
+        members = [(i.filename, zf.read(i)) for i in zf.infolist()]
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in members:
+            zf.writestr(name, body if name.endswith("data.pkl") else data)
+    with pytest.raises(CheckpointError, match="memo index") as err:
+        load_checkpoint(path)
+    _one_line(err)
+
+
+def test_legacy_storage_size_set_huge_is_refused(tmp_path):
+    import torch
+
+    from rvc_mlx.checkpoint import load_checkpoint
+    from rvc_mlx.errors import CheckpointError
+
+    path = tmp_path / "legacy.pt"
+    torch.save({"w": torch.ones(3)}, path, _use_new_zipfile_serialization=False)
+    data = path.read_bytes()
+    at = len(data) - 12 - 8  # the 8-byte element count before the last storage's 3 floats
+    assert struct.unpack("<q", data[at:at + 8]) == (3,)
+    path.write_bytes(data[:at] + struct.pack("<q", 2**60) + data[at + 8:])
+    with pytest.raises(CheckpointError, match="more than the file holds") as err:
+        load_checkpoint(path)
+    _one_line(err)
+
+
+def test_newline_in_a_damaged_pickle_stays_one_line(tmp_path):
+    """A damaged protocol-0/1 pickle whose error text quotes a newline ('could not convert string to float:
+    'loatStorage\\n'') was a two-line CheckpointError."""
+    from rvc_mlx.checkpoint import load_checkpoint
+    from rvc_mlx.errors import CheckpointError
+
+    path = tmp_path / "m.pt"
+    path.write_bytes(b"\x80\x02Ftorch\nFloatStorage\n.")
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(path)
+    _one_line(err)
