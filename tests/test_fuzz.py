@@ -202,3 +202,104 @@ def test_newline_in_a_damaged_pickle_stays_one_line(tmp_path):
     with pytest.raises(CheckpointError) as err:
         load_checkpoint(path)
     _one_line(err)
+
+
+def test_untrained_ivf_index_is_refused(tmp_path):
+    """An IVF index whose is_trained byte is 0 loaded, then faiss raised RuntimeError in search (a traceback)."""
+    from rvc_mlx.errors import InputError
+    from rvc_mlx.retrieval import FeatureIndex
+
+    _, ivf = seeds.build_index(tmp_path)
+    data = ivf.read_bytes()
+    bad = tmp_path / "untrained.index"
+    bad.write_bytes(data[:32] + b"\x00" + data[33:])  # is_trained, after fourcc, d, ntotal and two dummies
+    with pytest.raises(InputError, match="not trained") as err:
+        FeatureIndex.load(bad)
+    _one_line(err)
+
+
+def test_flac_claiming_billions_of_frames_is_read_without_allocating_them(tmp_path):
+    """A flac whose STREAMINFO total-samples field says ~4.3 billion: soundfile.read allocated the stated frame
+    count up front (16 GiB for a 4 kB file: MemoryError under the harness cap). Now what is there is read."""
+    import subprocess
+    import sys
+
+    import soundfile as sf
+
+    from rvc_mlx import audio
+
+    flac = seeds.build_audio(tmp_path)[2]
+    data = bytearray(flac.read_bytes())
+    data[22:26] = b"\xff\xff\xff\xff"  # low 32 bits of the 36-bit total samples (STREAMINFO bytes 14..17)
+    bad = tmp_path / "huge.flac"
+    bad.write_bytes(bytes(data))
+    assert sf.info(str(bad)).frames > 2**31  # libsndfile believes the header
+    x, sr = audio.read(bad)
+    assert sr == 16000 and x.size == 2400
+    code = (  # under a 2 GiB address-space cap over the interpreter's own, as the fuzz worker runs
+        "import resource, sys; from rvc_mlx import audio; v = int(open('/proc/self/statm').read().split()[0]) * "
+        "resource.getpagesize(); resource.setrlimit(resource.RLIMIT_AS, (v + (2 << 30), resource.RLIM_INFINITY)); "
+        "print(audio.read(sys.argv[1])[0].size)"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(bad)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and int(out.stdout) == x.size, out.stderr[-500:]
+
+
+def _tiny_voice(tmp_path):
+    import torch
+
+    ckpt = seeds._tiny_voice_ckpt()
+    path = tmp_path / "voice.pth"
+    torch.save(ckpt, path)
+    return ckpt, path
+
+
+@pytest.mark.parametrize("damage", ["g shape", "empty v", "not a tensor"])
+def test_damaged_weight_norm_pairs_are_conversion_errors(tmp_path, damage):
+    """weight_g/weight_v of mismatched shapes (ValueError: operands could not be broadcast) or a placeholder
+    where a tensor belongs (TypeError: float() argument ... 'Placeholder') were tracebacks from convert."""
+    import argparse
+
+    import torch
+
+    from rvc_mlx.convert import convert_file
+    from rvc_mlx.errors import ConversionError
+
+    ckpt, path = _tiny_voice(tmp_path)
+    key = next(k for k in ckpt["weight"] if k.endswith(".weight_g"))
+    if damage == "g shape":
+        ckpt["weight"][key] = ckpt["weight"][key][:0]
+    elif damage == "empty v":
+        v = key[: -len("_g")] + "_v"
+        ckpt["weight"][v] = ckpt["weight"][v][:0]
+    else:
+        ckpt["weight"][key] = argparse.Namespace(x=1)
+    torch.save(ckpt, path)
+    with pytest.raises(ConversionError) as err:
+        convert_file(path)
+    _one_line(err)
+    assert str(path) in str(err.value)
+
+
+def test_encrypted_zip_member_is_a_checkpoint_error(tmp_path):
+    """A zip member whose general-purpose flag says 'encrypted': zipfile raised RuntimeError (a traceback)."""
+    from rvc_mlx.checkpoint import load_checkpoint
+    from rvc_mlx.errors import CheckpointError
+
+    import torch
+
+    path = tmp_path / "m.pth"
+    torch.save({"w": torch.ones(3)}, path)
+    data = bytearray(path.read_bytes())
+    at = 0
+    while (at := data.find(b"PK\x03\x04", at)) >= 0:
+        data[at + 6] |= 1  # encrypted flag of each local header
+        at += 4
+    at = 0
+    while (at := data.find(b"PK\x01\x02", at)) >= 0:
+        data[at + 8] |= 1  # ... and of each central directory entry
+        at += 4
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(path)
+    _one_line(err)

@@ -17,6 +17,7 @@ from .atomic import atomic_write
 WRITE_FORMATS = {"wav": "WAV", "flac": "FLAC", "ogg": "OGG", "mp3": "MP3"}
 MIN_SECONDS = 0.1
 SILENCE_PEAK = 1e-6  # peak below this is treated as digital silence
+READ_BLOCK_SAMPLES = 1 << 20  # samples (all channels) decoded per block: 4 MB of float32
 MP3_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)  # what MPEG audio can carry
 
 
@@ -32,8 +33,18 @@ def resample(audio: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
 def _read_soundfile(path: Path):
     import soundfile as sf
 
-    data, sr = sf.read(str(path), dtype="float32", always_2d=True)
-    return data, sr
+    # In blocks, not sf.read: that allocates the frame count the header states up front, and a damaged header
+    # may state billions of frames for a file of a few kilobytes. Blocks allocate only what is really decoded.
+    with sf.SoundFile(str(path)) as f:
+        block = max(1, READ_BLOCK_SAMPLES // max(f.channels, 1))
+        chunks = []
+        while True:
+            data = f.read(block, dtype="float32", always_2d=True)
+            if not len(data):
+                break
+            chunks.append(data)
+        data = np.concatenate(chunks) if chunks else np.zeros((0, f.channels), np.float32)
+        return data, f.samplerate
 
 
 def _read_av(path: Path):

@@ -366,6 +366,7 @@ _LOAD_ERRORS = (
     pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, IndexError, AttributeError,
     struct.error, zipfile.BadZipFile, zipfile.LargeZipFile, UnicodeDecodeError, OverflowError, MemoryError,
     RecursionError, NotImplementedError, zlib.error,
+    RuntimeError,  # zipfile: an encrypted member ("password required for extraction")
 )
 
 

@@ -64,8 +64,8 @@ class _IndexReader:
             raise _Corrupt(f"dimension {d}")
         if ntotal < 0 or ntotal * d * 4 > len(self.data):
             raise _Corrupt(f"{ntotal} vectors do not fit in the file")
-        if trained not in (0, 1) or metric not in (0, 1):
-            raise _Corrupt("bad metric or training flag")
+        if trained != 1 or metric not in (0, 1):  # an untrained index cannot be searched (faiss raises)
+            raise _Corrupt("bad metric or training flag" if trained not in (0, 1) else "index is not trained")
         if fourcc in _FLAT and metric != _FLAT[fourcc]:
             raise _Corrupt("metric disagrees with the index type")
         return fourcc, d, ntotal

@@ -93,7 +93,16 @@ def convert_file(path: str | os.PathLike, kind: str | None = None,
                 "(pass --kind to force one)"
             )
         kind = detected
-    weights, config = _convert_checkpoint(ckpt, kind, source)
+    try:
+        weights, config = _convert_checkpoint(ckpt, kind, source)
+    except ConversionError as e:  # shared helpers (weight-norm fusion) do not know the file's name
+        if str(e).startswith(source):
+            raise
+        raise ConversionError(f"{source}: {e}") from None
+    except (ValueError, TypeError, IndexError, KeyError, AttributeError) as e:
+        # a damaged checkpoint whose entries are not the tensors/values the converter's rules expect
+        detail = " ".join(str(e).split())[:160]
+        raise ConversionError(f"{source}: entries do not fit a {kind} model ({type(e).__name__}: {detail})") from None
     config["source_sha256"] = sha256_file(path)
     return weights, config
 

@@ -41,8 +41,13 @@ class Rule:
 
 def fuse_weight_norm(g: np.ndarray, v: np.ndarray, dim: int = 0) -> np.ndarray:
     """``w = g * v / ||v||`` in float32, the norm taken over every axis except ``dim`` (torch ``weight_norm``)."""
+    if not (isinstance(g, np.ndarray) and isinstance(v, np.ndarray)):
+        raise ConversionError("a weight-norm entry is not a tensor")
     g = np.asarray(g, dtype=np.float32)
     v = np.asarray(v, dtype=np.float32)
+    want = tuple(n if a == dim else 1 for a, n in enumerate(v.shape))
+    if v.ndim <= dim or g.shape != want or v.size == 0:
+        raise ConversionError(f"weight norm g {g.shape} does not fit v {v.shape}")
     axes = tuple(a for a in range(v.ndim) if a != dim)
     norm = np.sqrt(np.sum(v.astype(np.float64) ** 2, axis=axes, keepdims=True)).astype(np.float32)
     return (g * (v / norm)).astype(np.float32)
@@ -58,7 +63,10 @@ def fuse_weight_norms(state: dict[str, np.ndarray], dim_for=lambda key: 0) -> di
             v_key = module + v_suffix
             if v_key not in state:
                 raise ConversionError(f"weight norm tensor {key} has no matching {v_key}")
-            out[module + ".weight"] = fuse_weight_norm(state[key], state[v_key], dim_for(module))
+            try:
+                out[module + ".weight"] = fuse_weight_norm(state[key], state[v_key], dim_for(module))
+            except ConversionError as e:
+                raise ConversionError(f"{module}: {e}") from None
             del out[key], out[v_key]
     return out
 
