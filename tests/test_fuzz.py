@@ -42,7 +42,7 @@ def test_fuzz_target(target, seed_dirs):
 def test_harness_reports_seeded_faults(fault, outcome, tmp_path):
     seed_dir = tmp_path / "seeds"
     seeds.build("f0", seed_dir)
-    result = run("f0", 2, seed=CI_SEED, seed_dir=seed_dir, fault=fault, timeout=3.0)
+    result = run("f0", 2, seed=CI_SEED, seed_dir=seed_dir, fault=fault, timeout=1.5)
     assert result[outcome] == 2, result
     assert [f["case"] for f in result["failures"]] == [0, 1]
 
