@@ -32,7 +32,7 @@ import mlx.core as mx
 import numpy as np
 
 from .errors import InputError
-from .pipeline import timed
+from .pipeline import timed, upsample2
 
 SAMPLE_RATE = 16000  # HuBERT and the F0 estimators
 HOP = 160  # 16 kHz samples per 10 ms frame
@@ -440,7 +440,7 @@ class StreamConverter:
             with timed(seconds, "index"):
                 feats[new:] = vc.index.blend(feats[new:], opts.index_rate)
         p_len = self.input_wav16k.shape[0] // HOP
-        feats = np.repeat(feats, 2, axis=0)[:p_len]
+        feats = upsample2(feats)[:p_len]
         pitch = f0 = None
         if cfg.use_f0:
             with timed(seconds, "f0"):
