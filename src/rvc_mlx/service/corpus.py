@@ -215,15 +215,15 @@ class _FolderLock:
 
 def worker_env(slots_per_machine: int, deterministic: bool) -> dict[str, str]:
     """The thread settings of one worker when ``slots_per_machine`` share this machine's cores: cores / slots BLAS
-    threads (result-neutral: outputs do not change with OpenBLAS's thread count, measured) and as many cores for
-    rvc-mlx's own splitting (CPU lanes, NumPy helper threads). That splitting changes the last bits of the output,
-    so in deterministic mode a worker splits work as one process on this machine would (the same bytes as a
-    sequential run, at the cost of more threads than cores)."""
+    threads and as many cores for rvc-mlx's own splitting (CPU lanes, NumPy helper threads). Both can change the
+    last bits of the output (OpenBLAS's split of a product depends on its thread count with some of its CPU
+    kernels), so in deterministic mode a worker uses the thread counts of one process on this machine (the same
+    bytes as a sequential run, at the cost of more threads than cores)."""
     from ..backend import cpu_count
 
     share = str(max(1, cpu_count() // max(1, slots_per_machine)))
-    return {"RVC_MLX_CPUS": str(cpu_count()) if deterministic else share, "OMP_NUM_THREADS": share,
-            "OPENBLAS_NUM_THREADS": share}
+    threads = str(cpu_count()) if deterministic else share
+    return {"RVC_MLX_CPUS": threads, "OMP_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads}
 
 
 def _limit_threads(env: dict[str, str]) -> None:
