@@ -96,12 +96,14 @@ def cmd_batch(args) -> int:
     bar = tqdm(total=len(files), desc="converting", unit="file", disable=args.quiet)
 
     def on_event(event):
-        if event["event"] in ("skipped", "done", "failed"):
+        if event["event"] in ("skipped", "done", "failed", "silent"):
             bar.update(1)
         elif event["event"] == "planned" and event["failed"]:
             bar.update(event["failed"])
         elif event["event"] == "retry":
             bar.write(f"retrying {event['file']}: {event['reason']}", file=sys.stderr)
+        elif event["event"] in ("stopped", "warning"):
+            bar.write(f"{event.get('reason') or event.get('message')}", file=sys.stderr)
 
     try:
         summary = convert_corpus(files, args.output_dir, options, paths, in_dir=in_dir, fmt=args.format or "wav",
@@ -109,13 +111,26 @@ def cmd_batch(args) -> int:
                                  on_event=on_event)
     finally:
         bar.close()
-    print(f"batch: {len(summary.converted)} converted, {len(summary.skipped)} skipped (already exist), "
-          f"{len(summary.failed)} failed" + (f", {len(summary.retried)} retried after a worker died"
-                                             if summary.retried else ""))
+    counts = [f"{len(summary.converted)} converted", f"{len(summary.skipped)} skipped (already exist)"]
+    if summary.silent:
+        counts.append(f"{len(summary.silent)} skipped (silent)")
+    counts.append(f"{len(summary.failed)} failed")
+    if summary.retried:
+        counts.append(f"{len(summary.retried)} retried after a worker died")
+    if summary.not_started:
+        counts.append(f"{len(summary.not_started)} not started")
+    print("batch: " + ", ".join(counts))
     for name, reason in summary.retried:
         print(f"  retried: {name} ({reason})", file=sys.stderr)
+    for _, reason in summary.silent:
+        print(f"  skipped: {reason} (no output written)", file=sys.stderr)
     for _, error in summary.failed:
         print(f"  failed: {error}", file=sys.stderr)
+    if summary.stopped:
+        print(f"  stopped: the output device is full; free some space and run the same command again to convert "
+              f"the {len(summary.not_started)} files not started (finished outputs are kept)", file=sys.stderr)
+    for warning in summary.warnings:
+        print(f"  warning: {warning}", file=sys.stderr)
     return 1 if summary.failed else 0
 
 

@@ -23,3 +23,16 @@ class AudioError(RvcMlxError):
 
 class InputError(RvcMlxError):
     """An option or argument is out of range (speaker id, pitch, index dimension, ...)."""
+
+
+class SilentAudioError(AudioError):
+    """The audio is digital silence (every sample below ``audio.SILENCE_PEAK``): nothing to convert. A batch
+    reports such a take as skipped; converting one file refuses it."""
+
+
+class OutputError(RvcMlxError):
+    """An output could not be written (folder not writable, file system read-only, ...); nothing was left behind."""
+
+
+class DiskFullError(OutputError):
+    """The device holding an output is full (or the user's quota is used up); nothing was left behind."""

@@ -373,6 +373,8 @@ def batch_tab(svc) -> dict:
         result = job["result"]
         failed = result.get("failed") or []
         line = f"converted {result.get('converted', 0)} of {len(paths)} files"
+        if result.get("skipped_silent"):
+            line += "; skipped (silent): " + ", ".join(result["skipped_silent"])
         if failed:
             line += "; failed: " + ", ".join(f"{f['input']} ({one_line(f['error'])})" for f in failed)
         return result_path(svc, job, "converted.zip"), line

@@ -16,6 +16,12 @@ atomically by ``tasks.convert_file``, so an existing output is always complete: 
 (``overwrite=True``: convert them again). The manifest records the settings (options, format, model hashes) and
 per-file states; a rerun with other settings is refused unless ``force=True``, which converts every file again.
 A lock file keeps two batches from writing into one folder at once.
+
+What a batch does with trouble: a silent take (digital silence) is skipped and reported, not failed; a file that
+cannot be read or converted fails with one line and the batch goes on; a full output device stops the batch (every
+later file would fail the same way): the files not started are listed and a rerun, after freeing space, converts
+them. A batch killed at any point leaves only complete outputs; the temporary files of the writes it interrupted are
+removed by the next run in that folder.
 """
 
 from __future__ import annotations
@@ -29,13 +35,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from ..errors import InputError, RvcMlxError
+from ..errors import DiskFullError, InputError, OutputError, RvcMlxError, SilentAudioError
 from ..options import ConversionOptions, parse_options
 from .models import ModelPaths
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".m4a", ".aac", ".opus", ".aiff", ".aif", ".webm", ".mp4")
 MANIFEST = ".rvc-mlx-batch.json"
 LOCK = ".rvc-mlx-batch.lock"
+WORKERS_LOCK = ".rvc-mlx-batch.workers.lock"  # held shared by every worker process while it lives
+WORKERS_GONE_WAIT_S = 600.0  # how long a new batch waits for the workers of a killed one to finish their file
 MANIFEST_FORMAT = "rvc-mlx-batch"
 MANIFEST_VERSION = 1
 MANIFEST_EVERY_S = 1.0  # rewrite the manifest at most this often (and at the end); outputs are atomic anyway
@@ -50,13 +58,19 @@ Emit = Callable[[dict], None]
 
 @dataclass
 class CorpusSummary:
-    """What a corpus batch did. ``converted``/``skipped`` are output paths relative to the output folder;
-    ``failed`` and ``retried`` are ``(input, reason)`` pairs (``retried``: a worker died holding the file)."""
+    """What a corpus batch did. ``converted``/``skipped`` are output paths relative to the output folder
+    (``skipped``: the output existed); ``silent``, ``failed`` and ``retried`` are ``(input, reason)`` pairs
+    (``silent``: digital silence, nothing written; ``retried``: a worker died holding the file). ``stopped``: why
+    the batch stopped early (a full device); ``not_started``: the inputs it did not get to."""
 
     converted: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    silent: list[tuple[str, str]] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
     retried: list[tuple[str, str]] = field(default_factory=list)
+    stopped: str | None = None
+    not_started: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
     workers: int = 1
     backend: str = "process"
     audio_seconds: float = 0.0  # input audio converted
@@ -64,7 +78,9 @@ class CorpusSummary:
 
     def to_dict(self) -> dict:
         return {"converted": self.converted, "skipped": self.skipped,
+                "silent": [{"input": i, "reason": r} for i, r in self.silent],
                 "failed": [{"input": i, "error": e} for i, e in self.failed],
+                "stopped": self.stopped, "not_started": self.not_started, "warnings": self.warnings,
                 "retried": [{"input": i, "reason": r} for i, r in self.retried], "workers": self.workers,
                 "backend": self.backend, "audio_seconds": round(self.audio_seconds, 3),
                 "wall_seconds": round(self.wall_seconds, 3)}
@@ -159,18 +175,26 @@ class Manifest:
             raise InputError(f"{path}: not an rvc-mlx batch manifest; remove it or use --force")
         return data
 
-    def set(self, key: str, **entry) -> None:
+    def set(self, key: str, **entry) -> str | None:
+        """Record a file's state; rewrites the manifest at most every ``MANIFEST_EVERY_S`` (see :meth:`write`)."""
         self.files[key] = entry
         if time.monotonic() - self._written >= MANIFEST_EVERY_S:
-            self.write()
+            return self.write()
+        return None
 
-    def write(self) -> None:
+    def write(self) -> str | None:
+        """Rewrite the manifest atomically. Returns None, or why it could not be written (a full device): the
+        previous manifest then stays, and since outputs are atomic a rerun still skips every finished file."""
+        from ..atomic import atomic_write
+
         data = {"format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, "settings": self.settings,
                 "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "files": dict(sorted(self.files.items()))}
-        tmp = self.path.with_name(self.path.name + ".part")
-        tmp.write_text(json.dumps(data, indent=1))
-        tmp.replace(self.path)
         self._written = time.monotonic()
+        try:
+            atomic_write(self.path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=1)))
+        except OSError as e:
+            return f"{self.path}: could not be updated ({e.strerror or type(e).__name__})"
+        return None
 
 
 def settings_changes(old: dict, new: dict) -> list[str]:
@@ -189,7 +213,10 @@ def settings_changes(old: dict, new: dict) -> list[str]:
 
 
 class _FolderLock:
-    """An exclusive lock on the output folder (released by the OS if this process dies)."""
+    """An exclusive lock on the output folder (released by the OS if this process dies), taken only once no worker
+    process of an earlier batch in the folder is alive: a coordinator killed with ``kill -9`` leaves its workers
+    finishing their file (they exit when they find the coordinator gone; on Linux the kernel kills them with it),
+    and each holds ``WORKERS_LOCK`` shared until it exits."""
 
     def __init__(self, out_dir: Path):
         self.path = out_dir / LOCK
@@ -198,16 +225,84 @@ class _FolderLock:
     def __enter__(self):
         import fcntl
 
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise OutputError(f"{self.path.parent}: cannot write to this folder ({e.strerror})") from None
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             os.close(self.fd)
             raise InputError(f"{self.path.parent}: another batch is writing to this folder") from None
+        try:
+            _wait_for_exclusive(self.path.with_name(WORKERS_LOCK), WORKERS_GONE_WAIT_S)
+        except BaseException:
+            os.close(self.fd)
+            raise
         return self
 
     def __exit__(self, *exc):
         os.close(self.fd)  # the lock file stays: removing it could let two batches lock different files
+
+
+def _wait_for_exclusive(path: Path, timeout: float) -> None:
+    """Wait until nobody holds ``path``'s lock (take it exclusively, then let it go)."""
+    import fcntl
+
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise InputError(f"{path.parent}: worker processes of an earlier batch in this folder are "
+                                     f"still running after {timeout:.0f} s; stop them or wait") from None
+                time.sleep(POLL_S / 5)
+    finally:
+        os.close(fd)
+
+
+def hold_worker_lock(out_dir: str) -> int:
+    """In a worker process: hold ``WORKERS_LOCK`` shared for the life of the process (the descriptor is kept open),
+    and on Linux ask the kernel to kill this process when its coordinator dies."""
+    import fcntl
+    import sys
+
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    fd = os.open(Path(out_dir) / WORKERS_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    return fd
+
+
+def remove_orphans(outputs: list[Path]) -> list[Path]:
+    """Delete what a killed batch left of its unfinished writes: the hidden temporaries ``atomic_write`` makes
+    next to an output (``.NAME.<8 hex>.part.EXT``), for these outputs only. Run under the folder lock, so no other
+    batch is writing them. Returns the removed paths."""
+    import re
+
+    from ..atomic import TEMP_SUFFIX
+
+    removed, listings = [], {}
+    for out in set(outputs):
+        if out.parent not in listings:
+            try:
+                listings[out.parent] = [p for p in out.parent.iterdir() if p.name.endswith(TEMP_SUFFIX + p.suffix)]
+            except OSError:  # not there yet
+                listings[out.parent] = []
+        pattern = re.compile(rf"\.{re.escape(out.name)}\.[0-9a-f]{{8}}{re.escape(TEMP_SUFFIX + out.suffix)}")
+        for path in listings[out.parent]:
+            if pattern.fullmatch(path.name) and path.is_file():
+                path.unlink(missing_ok=True)
+                removed.append(path)
+    return removed
 
 
 # -- the work on one file, wherever it runs ------------------------------------------------------------------------
@@ -241,25 +336,34 @@ def _load(paths: dict, options: dict):
 
 
 def _convert_one(converter, options: ConversionOptions, src: str, out: str, fmt: str) -> tuple:
-    """``("done", info)`` or ``("failed", message)``: one line for user errors and bugs alike."""
+    """``("done", info)``, ``("silent", message)`` (digital silence: nothing written), ``("full", message)`` (the
+    output device is full) or ``("failed", message)``: one line for user errors and bugs alike."""
     from .tasks import convert_file
 
     try:
         return "done", convert_file(converter, options, Path(src), Path(out), fmt)
+    except SilentAudioError as e:
+        return "silent", str(e)
+    except DiskFullError as e:
+        return "full", str(e)
     except RvcMlxError as e:
         return "failed", str(e)
     except MemoryError:
         return "failed", f"{src}: out of memory"
+    except OSError as e:  # reading or writing a file (not a bug): the file and the system's reason
+        return "failed", f"{e.filename or src}: {e.strerror or type(e).__name__}"
     except Exception as e:  # a bug: one line for the summary, the traceback on the worker's stderr
         traceback.print_exc()
         return "failed", f"{src}: internal error: {type(e).__name__}: {e}"
 
 
-def process_worker_main(conn, paths: dict, options: dict, env: dict[str, str]) -> None:
-    """A spawned worker: load the models once, then convert what the coordinator sends until it says stop.
+def process_worker_main(conn, paths: dict, options: dict, env: dict[str, str], out_dir: str) -> None:
+    """A spawned worker: load the models once, then convert what the coordinator sends until it says stop (or is
+    gone: the pipe closes). Holds the output folder's worker lock while it lives (``hold_worker_lock``).
 
     Messages: coordinator -> worker ("convert", index, src, out, fmt) | ("stop",);
     worker -> coordinator ("ready", pid) | ("fatal", message) | (state, index, info_or_message)."""
+    hold_worker_lock(out_dir)
     _limit_threads(env)
     import rvc_mlx  # noqa: F401  (the BLAS preload comes before MLX)
 
@@ -313,8 +417,8 @@ class _ProcessSlots:
 
     backend = "process"
 
-    def __init__(self, paths: dict, options: dict, env: dict[str, str]):
-        self.args, self.env = (paths, options, env), env
+    def __init__(self, paths: dict, options: dict, env: dict[str, str], out_dir: Path):
+        self.args, self.env = (paths, options, env, str(out_dir)), env
         self.procs: dict[int, tuple] = {}
         self.pids: dict[int, int] = {}
 
@@ -562,8 +666,12 @@ def convert_corpus(files: list[str | Path], out_dir: str | Path, options: Conver
     in_dir = Path(in_dir) if in_dir is not None else None
     items, clashes = plan([Path(f) for f in files], out_dir, fmt, in_dir)
     settings = {"options": options.to_dict(), "format": fmt, "models": model_hashes(paths)}
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"{out_dir}: cannot create the output folder ({e.strerror})") from None
     with _FolderLock(out_dir):
+        remove_orphans([item.out for item in items] + [(out_dir / MANIFEST).resolve()])
         previous = None if force else Manifest.read(out_dir)
         if previous is not None and previous.get("settings") != settings:
             changes = settings_changes(previous.get("settings") or {}, settings)
@@ -588,13 +696,13 @@ def convert_corpus(files: list[str | Path], out_dir: str | Path, options: Conver
             if todo:
                 _run(todo, manifest, summary, paths, options, fmt, workers, ray, retries, emit)
         finally:
-            manifest.write()
+            _warn(summary, manifest.write(), emit)
     summary.wall_seconds = time.monotonic() - started_at
     return summary
 
 
 def _make_slots(paths: ModelPaths, options: ConversionOptions, workers: int | None, ray_address: str | None,
-                n_items: int):
+                n_items: int, out_dir: Path):
     """The slots for this batch and how many to start; the second value: a Ray connection to close after."""
     from ..backend import cpu_count
 
@@ -608,13 +716,14 @@ def _make_slots(paths: ModelPaths, options: ConversionOptions, workers: int | No
     workers = workers or 1
     if workers == 1:
         return _InlineSlots(*args), 1, None
-    return _ProcessSlots(*args, worker_env(workers, options.deterministic)), min(workers, n_items), None
+    env = worker_env(workers, options.deterministic)
+    return _ProcessSlots(*args, env, out_dir), min(workers, n_items), None
 
 
 def _run(todo: list[_Item], manifest: Manifest, summary: CorpusSummary, paths: ModelPaths,
          options: ConversionOptions, fmt: str, workers: int | None, ray_address: str | None, retries: int,
          emit: Emit) -> None:
-    pool, n_slots, ray_conn = _make_slots(paths, options, workers, ray_address, len(todo))
+    pool, n_slots, ray_conn = _make_slots(paths, options, workers, ray_address, len(todo), manifest.path.parent)
     summary.workers, summary.backend = n_slots, pool.backend
     by_index = {item.index: item for item in todo}
     queue = deque(sorted(todo, key=lambda it: (-it.seconds, it.key)))  # longest first
@@ -637,11 +746,15 @@ def _run(todo: list[_Item], manifest: Manifest, summary: CorpusSummary, paths: M
                     idle.append(slot)
                 elif kind == "fatal":
                     raise RvcMlxError(event[2])
-                elif kind in ("done", "failed"):
+                elif kind in ("done", "failed", "silent", "full"):
                     item = by_index[event[2]]
                     holding.pop(slot, None)
                     idle.append(slot)
                     _finished(item, kind, event[3], manifest, summary, emit, deaths.get(item.index, 0))
+                    if kind == "full" and queue:  # every later file would fail the same way
+                        summary.not_started = [it.name for it in queue]
+                        emit({"event": "stopped", "reason": summary.stopped, "not_started": len(queue)})
+                        queue.clear()
                 elif kind == "died":
                     item = holding.pop(slot, None)
                     if slot in idle:
@@ -669,6 +782,10 @@ def _run(todo: list[_Item], manifest: Manifest, summary: CorpusSummary, paths: M
 
 def _finished(item: _Item, state: str, result, manifest: Manifest, summary: CorpusSummary, emit: Emit,
               deaths: int) -> None:
+    """Record one file's end: ``state`` done | silent | failed | full (failed because the device is full)."""
+    if state == "full":
+        summary.stopped = str(result)
+        state = "failed"
     entry = {"input": item.name, "state": state}
     if deaths:
         entry["retried"] = deaths
@@ -679,7 +796,13 @@ def _finished(item: _Item, state: str, result, manifest: Manifest, summary: Corp
         emit({"event": "done", "file": item.name})
     else:
         result = str(result).replace(str(item.src), item.given)
-        summary.failed.append((item.name, result))
-        entry["error"] = result
-        emit({"event": "failed", "file": item.name, "error": result})
-    manifest.set(item.key, **entry)
+        (summary.silent if state == "silent" else summary.failed).append((item.name, result))
+        entry["error" if state == "failed" else "reason"] = result
+        emit({"event": state, "file": item.name, "error": result})
+    _warn(summary, manifest.set(item.key, **entry), emit)
+
+
+def _warn(summary: CorpusSummary, warning: str | None, emit: Emit) -> None:
+    if warning and warning not in summary.warnings:
+        summary.warnings.append(warning)
+        emit({"event": "warning", "message": warning})

@@ -16,7 +16,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..errors import InputError, RvcMlxError
+from ..errors import InputError, RvcMlxError, SilentAudioError
 from ..options import ConversionOptions, parse_options
 from .cache import ConverterCache
 from .models import f0_model_paths, resolve_models
@@ -169,7 +169,7 @@ def task_batch(request: dict, job_dir: Path, ctx: Context, emit: Emit | None) ->
     inputs = request["inputs"]
     names = request.get("input_names", [Path(p).name for p in inputs])
     out_dir = job_dir / "output" / "converted"
-    done, failed, used = [], [], set()
+    done, failed, silent, used = [], [], [], set()
     for i, (rel, shown) in enumerate(zip(inputs, names)):
         progress = StageProgress(emit, CONVERT_WEIGHTS, (i / len(inputs), (i + 1) / len(inputs)), label=shown)
         name = output_name(shown, fmt)
@@ -179,10 +179,14 @@ def task_batch(request: dict, job_dir: Path, ctx: Context, emit: Emit | None) ->
         try:
             convert_file(converter, options, job_path(job_dir, rel), out_dir / name, fmt, progress)
             done.append(name)
+        except SilentAudioError:  # a silent take: reported, not converted, and not a failure
+            silent.append(shown)
         except RvcMlxError as e:
             failed.append({"input": shown, "error": str(renamed(e, job_path(job_dir, rel), shown))})
-    if not done:
-        raise InputError(f"batch: no file could be converted ({failed[0]['error']})" if failed else "batch: no files")
+    if not done and failed:
+        raise InputError(f"batch: no file could be converted ({failed[0]['error']})")
+    if not done and not silent:
+        raise InputError("batch: no files")
     archive = job_dir / "output" / "converted.zip"
     tmp = archive.with_suffix(".zip.part")
     with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
@@ -192,7 +196,7 @@ def task_batch(request: dict, job_dir: Path, ctx: Context, emit: Emit | None) ->
     files = [{"name": "converted.zip", "path": "output/converted.zip", "format": "zip"}]
     files += [{"name": n, "path": f"output/converted/{n}", "format": fmt} for n in done]
     return {"files": files, "voice": request["voice"], "options": options.to_dict(), "converted": len(done),
-            "failed": failed, "index": bool(paths.index)}
+            "failed": failed, "skipped_silent": silent, "index": bool(paths.index)}
 
 
 PITCH_RULE = ("The contour is the one a conversion with the same --f0-method uses (the same 16 kHz high-passed "
