@@ -134,23 +134,33 @@ def test_async_job_events_result_and_delete(client, clip):
     assert not client.app.state.services.jobs.job_dir(job["id"]).exists()
 
 
-def test_batch_zip_reports_bad_files(client, clip, tmp_path):
+def test_batch_zip_reports_bad_files_and_skips_silent_takes(client, clip, tmp_path):
     silent = tmp_path / "silent.wav"
     sf.write(silent, np.zeros(8000, np.float32), 16000)
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"RIFF not really audio" * 20)
     longer = write_clip(tmp_path / "other.wav", seconds=0.8, seed=5)
-    files = [("files", (p.name, p.read_bytes())) for p in (clip, silent, longer)]
+    files = [("files", (p.name, p.read_bytes())) for p in (clip, silent, bad, longer)]
     r = client.post("/v1/batch", data={"voice": VOICE, "deterministic": "true"}, files=files)
     assert r.status_code == 202, r.text
     job = client.app.state.services.jobs.wait(r.json()["id"], timeout=300)
     assert job["state"] == "done", job["error"]
     result = client.get(f"/v1/jobs/{job['id']}").json()
     assert result["result"]["converted"] == 2
-    assert [f["input"] for f in result["result"]["failed"]] == ["silent.wav"]
-    assert "silent" in result["result"]["failed"][0]["error"]
+    assert result["result"]["skipped_silent"] == ["silent.wav"]  # a silent take: skipped, not a failure
+    assert [f["input"] for f in result["result"]["failed"]] == ["bad.wav"]
+    assert "cannot decode audio" in result["result"]["failed"][0]["error"]
     z = zipfile.ZipFile(io.BytesIO(client.get(result["files"][0]["url"]).content))
     assert sorted(z.namelist()) == ["other.wav", "speech.wav"]
     single = convert(client, clip, deterministic="true").content
     assert z.read("speech.wav") == single
+    # only silent takes: the job is done, with nothing converted and an empty archive
+    r = client.post("/v1/batch", data={"voice": VOICE}, files=[("files", (silent.name, silent.read_bytes()))])
+    job = client.app.state.services.jobs.wait(r.json()["id"], timeout=300)
+    assert job["state"] == "done", job["error"]
+    result = client.get(f"/v1/jobs/{job['id']}").json()
+    assert result["result"]["converted"] == 0 and result["result"]["skipped_silent"] == ["silent.wav"]
+    assert zipfile.ZipFile(io.BytesIO(client.get(result["files"][0]["url"]).content)).namelist() == []
 
 
 def test_pitch_csv_and_json_equal_cli(client, clip, tmp_path, capsys):

@@ -17,7 +17,8 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
-from ..errors import AudioError, CheckpointError, ConversionError, FormatError, InputError, RvcMlxError
+from ..errors import (AudioError, CheckpointError, ConversionError, DiskFullError, FormatError, InputError,
+                      OutputError, RvcMlxError)
 from ..service.db import Database
 from ..service.jobs import JobManager, QueueFull
 from ..service.presets import PresetStore
@@ -38,13 +39,20 @@ STATUS = (
     (CheckpointError, 422, "invalid_model"),
     (ConversionError, 422, "invalid_model"),
     (InputError, 400, "invalid_input"),
+    (DiskFullError, 507, "insufficient_storage"),
+    (OutputError, 500, "output_error"),
     (RvcMlxError, 400, "error"),
 )
 HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
               405: "method_not_allowed", 409: "conflict", 413: "too_large", 415: "unsupported_media_type",
-              422: "invalid_request", 429: "queue_full"}
+              422: "invalid_request", 429: "queue_full", 507: "insufficient_storage"}
 # a failed job's error class (by name) -> its status, for requests that waited on the job
-JOB_ERROR_STATUS = {cls.__name__: (status, code) for cls, status, code in STATUS}
+def _subclasses(cls) -> list:
+    return [cls] + [c for sub in cls.__subclasses__() for c in _subclasses(sub)]
+
+
+JOB_ERROR_STATUS = {cls.__name__: next((status, code) for base, status, code in STATUS if issubclass(cls, base))
+                    for cls in {c for base, _, _ in STATUS for c in _subclasses(base)}}
 
 
 @dataclass

@@ -188,6 +188,7 @@ def task_batch(request: dict, job_dir: Path, ctx: Context, emit: Emit | None) ->
     if not done and not silent:
         raise InputError("batch: no files")
     archive = job_dir / "output" / "converted.zip"
+    archive.parent.mkdir(parents=True, exist_ok=True)  # a batch of silent takes only converted nothing
     tmp = archive.with_suffix(".zip.part")
     with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
         for name in done:
