@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -188,7 +187,9 @@ def main(argv=None) -> int:
         else:
             out = str(Path(paths["cache"]) / f"bench-out-{a.worker}.wav")
             res = (worker_ours if a.worker == "ours" else worker_reference)(paths, out)
-        res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+        from rvc_mlx.bench import peak_rss_mb
+
+        res["peak_rss_mb"] = peak_rss_mb()  # not ru_maxrss: it includes the driver's RSS (it survives exec)
         print(json.dumps(res))
         return 0
 

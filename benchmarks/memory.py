@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import threading
@@ -42,7 +41,9 @@ def _rss_mb() -> float:
 
 
 def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    from rvc_mlx.bench import peak_rss_mb
+
+    return peak_rss_mb()
 
 
 def prepare(cache: Path, seconds: list[float]) -> dict:

@@ -17,6 +17,7 @@ from .errors import InputError
 
 TOP_K = 8
 MIN_DISTANCE = 1e-10  # guards exact matches (distance 0), where RVC itself would produce NaN
+LOAD_COPIES = 2  # an index's file bytes and faiss's copy of them are both in memory while it loads
 MAX_DIM = 65536  # feature dimensions: RVC's are 256 / 768
 _FLAT = {b"IxF2": 1, b"IxFI": 0}  # flat L2 / inner product: fourcc -> faiss metric type
 _IVF_FLAT = b"IwFl"
@@ -133,15 +134,54 @@ def check_index_file(data: bytes, source: str = "index") -> tuple[int, int]:
     return d, ntotal
 
 
-class FeatureIndex:
-    """A faiss index plus its stored vectors (``vectors``: (M, D) float32)."""
+def memory_available() -> int | None:
+    """Bytes of memory the system can give without swapping (Linux ``MemAvailable``; elsewhere the free pages);
+    None when it does not say."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
 
-    def __init__(self, index, vectors: np.ndarray, source: str = "index"):
-        self.index, self.vectors, self.source = index, vectors, source
+
+class FeatureIndex:
+    """A faiss index and access to its stored vectors, without a second copy of them: a flat index's own storage
+    is viewed (``vectors``: (M, D) float32), an IVF index's rows are fetched by id through a direct map."""
+
+    def __init__(self, index, source: str = "index"):
+        import faiss
+
+        self.index, self.source = index, source
+        self._flat = None
+        if isinstance(index, faiss.IndexFlat):
+            self._flat = faiss.rev_swig_ptr(index.get_xb(), index.ntotal * index.d).reshape(index.ntotal, index.d)
+        else:
+            index.make_direct_map()  # ids -> list positions: 8 bytes a vector
 
     @property
     def dim(self) -> int:
-        return int(self.vectors.shape[1])
+        return int(self.index.d)
+
+    @property
+    def vectors(self) -> np.ndarray:
+        """All stored vectors (M, D) float32 (a copy for IVF indexes)."""
+        if self._flat is not None:
+            return self._flat
+        return self.index.reconstruct_n(0, self.index.ntotal).astype(np.float32)
+
+    def rows(self, ids: np.ndarray) -> np.ndarray:
+        """The stored vectors of ``ids`` (any shape of int64 ids) -> ``ids.shape + (D,)``. An id of -1 (faiss found
+        fewer than k neighbours) is the last vector, as RVC's ``big_npy[ix]`` reads it."""
+        if self._flat is not None:
+            return self._flat[ids]
+        flat = np.ascontiguousarray(ids, dtype=np.int64).ravel()
+        flat = np.where(flat < 0, flat + self.index.ntotal, flat)
+        return self.index.reconstruct_batch(flat).reshape(*ids.shape, self.dim)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "FeatureIndex":
@@ -151,6 +191,11 @@ class FeatureIndex:
         if not path.is_file():
             raise InputError(f"{path}: index file not found")
         try:
+            size = path.stat().st_size
+            available = memory_available()
+            if available is not None and LOAD_COPIES * size > available:
+                raise InputError(f"{path}: a {size / 1e9:.1f} GB index needs about {LOAD_COPIES * size / 1e9:.1f} GB "
+                                 f"of memory to load and {available / 1e9:.1f} GB is available")
             data = path.read_bytes()
         except OSError as e:
             raise InputError(f"{path}: cannot read index ({e.strerror or e})") from None
@@ -159,12 +204,13 @@ class FeatureIndex:
             raise InputError(f"{path}: index is empty")
         try:  # checked above: faiss reads exactly the structure it wrote, from memory
             index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
-            vectors = index.reconstruct_n(0, index.ntotal).astype(np.float32)
+            del data
+            loaded = cls(index, str(path))
         except RuntimeError as e:
             raise InputError(f"{path}: not a usable faiss index ({str(e).splitlines()[0][:120]})") from None
         if index.d != d or index.ntotal != ntotal:
             raise InputError(f"{path}: not a usable faiss index (faiss read a different shape)")
-        return cls(index, vectors, str(path))
+        return loaded
 
     @classmethod
     def from_vectors(cls, vectors: np.ndarray, source: str = "vectors") -> "FeatureIndex":
@@ -174,7 +220,7 @@ class FeatureIndex:
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         index = faiss.IndexFlatL2(vectors.shape[1])
         index.add(vectors)
-        return cls(index, vectors, source)
+        return cls(index, source)
 
     def check_dim(self, feature_dim: int) -> None:
         if self.dim != feature_dim:
@@ -197,5 +243,5 @@ class FeatureIndex:
         # An exact match has distance 0; RVC divides by it too (giving inf/nan). Keep the math finite instead.
         weight = np.square(1.0 / np.maximum(dist, MIN_DISTANCE))
         weight /= weight.sum(axis=1, keepdims=True)
-        retrieved = np.sum(self.vectors[ids] * weight[:, :, None], axis=1)
+        retrieved = np.sum(self.rows(ids) * weight[:, :, None], axis=1)
         return (index_rate * retrieved + (1.0 - index_rate) * feats).astype(np.float32)
