@@ -85,14 +85,13 @@ LOSSY = ("ogg", "mp3", "m4a", "opus", "webm")
 SF_FORMATS = {"wav": "WAV", "flac": "FLAC", "ogg": "OGG", "mp3": "MP3"}
 SF_LOSSY_SUBTYPES = {"ogg": "VORBIS", "mp3": "MPEG_LAYER_III"}
 AV_CODECS = {"m4a": ("ipod", "aac"), "opus": ("ogg", "libopus"), "webm": ("webm", "libopus")}
-READ_BY_FFMPEG = ("m4a", "webm")  # what libsndfile does not open (it reads Ogg Opus itself)
 AV_LAYOUTS = {1: "mono", 2: "stereo", 6: "5.1"}
 
 ROWS = [
     # sample formats
     Row("wav-u8", "wav", "PCM_U8", 16000),
     Row("flac-s8", "flac", "PCM_S8", 16000),
-    Row("wav-16", "wav", "PCM_16", 16000, convert=True),
+    Row("wav-16", "wav", "PCM_16", 16000),
     Row("flac-16", "flac", "PCM_16", 16000, convert=True),
     Row("wav-24", "wav", "PCM_24", 16000),
     Row("flac-24", "flac", "PCM_24", 16000),
@@ -105,7 +104,7 @@ ROWS = [
     Row("flac-24-96000", "flac", "PCM_24", 96000),
     # channel layouts
     Row("wav-16-stereo", "wav", "PCM_16", 44100, 2, convert=True),
-    Row("wav-16-5.1", "wav", "PCM_16", 48000, 6, convert=True),
+    Row("wav-16-5.1", "wav", "PCM_16", 48000, 6),
     Row("flac-24-5.1", "flac", "PCM_24", 48000, 6),
     # lossy codecs
     Row("ogg-vorbis", "ogg", sr=44100, convert=True),
@@ -118,7 +117,7 @@ ROWS = [
     Row("m4a-aac-5.1", "m4a", sr=48000, channels=6, convert=True),
     Row("opus-ogg", "opus", sr=48000, convert=True),
     Row("opus-ogg-stereo", "opus", sr=48000, channels=2),
-    Row("opus-webm", "webm", sr=48000, convert=True),
+    Row("opus-webm", "webm", sr=48000),
     Row("opus-webm-stereo", "webm", sr=48000, channels=2),
     # content
     Row("dc-offset", "wav", "PCM_16", 16000, content="dc", convert=True),
@@ -267,14 +266,7 @@ def check_read(row: Row, path: Path, x: np.ndarray) -> dict:
     return {"lag": lag, "corr": corr, "level": level, "extra": extra}
 
 
-# FFmpeg's downmix instead of the mean (README "Bugs found" of the audio matrix): files read through PyAV
-FFMPEG_DOWNMIX = pytest.mark.xfail(strict=True, reason="audio._read_av mixes channels with FFmpeg's rematrix "
-                                   "((L+R)/sqrt 2 for stereo; 5.1 without LFE), not the channel mean")
-READ_CASES = [pytest.param(row, id=row.id, marks=FFMPEG_DOWNMIX if row.ext in READ_BY_FFMPEG and row.channels > 1 else ())
-              for row in ROWS]
-
-
-@pytest.mark.parametrize("row", READ_CASES)
+@pytest.mark.parametrize("row", ROWS, ids=[row.id for row in ROWS])
 def test_read(row, tmp_path):
     path, x = write_row(row, tmp_path)
     if row.silent:
@@ -283,7 +275,7 @@ def test_read(row, tmp_path):
         assert np.array_equal(data, x.mean(axis=1).astype(np.float32))  # zeros and denormals kept as written
         with pytest.raises(AudioError) as err:
             audio.check(data, sr, str(path))
-        assert str(err.value) == f"{path}: {SILENT_SUFFIX}"
+        assert str(err.value).endswith(SILENT_SUFFIX) and str(path) in str(err.value)
         return
     check_read(row, path, x)
     audio.check(*audio.read(path), str(path))  # convertible: not too short, finite, not silent
