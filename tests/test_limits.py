@@ -129,3 +129,47 @@ def test_an_absurd_speaker_count_is_refused_without_allocating_it(ref_cache, tmp
     assert lines[0].startswith(f"refused: {huge}: weights do not fit the model")
     assert "emb_g.weight (109, 256) != (1000000000, 256)" in lines[0]
     assert int(lines[1]) < 1_000_000  # KB (measured: ~45 MB): far below the 1 TB table
+
+
+PEAK_OF = textwrap.dedent("""
+    import sys
+    from pathlib import Path
+    from rvc_mlx.command import main
+    code = main(sys.argv[1:])
+    hwm = [l.split()[1] for l in Path("/proc/self/status").read_text().splitlines() if l.startswith("VmHWM:")][0]
+    print("peak-kb", code, hwm)
+""")
+LONG_MINUTES = 60
+LONG_RSS_BOUND = 1.25  # README: a long input's peak RSS stays within 1.25x a 1-minute input's
+
+
+@pytest.mark.slow
+def test_a_60_minute_input_stays_within_the_memory_bound(ref_cache, tmp_path):
+    """``rvc-mlx infer`` on 1 and 60 minutes of speech-like audio (generated, pm F0, an index), each in a fresh
+    process: the 60-minute peak RSS is within ``LONG_RSS_BOUND`` of the 1-minute one and the output is whole."""
+    import soundfile as sf
+
+    from tests.reference import hubert_models
+
+    if not Path("/proc/self/status").exists():
+        pytest.skip("needs /proc")
+    models = ReferenceModels(ref_cache)
+    voice, _, _ = models.voice("v2-40k-f0")
+    peaks = {}
+    for minutes in (1, LONG_MINUTES):
+        clip = tmp_path / f"{minutes}.wav"
+        sf.write(clip, hubert_models.speech_like(16000 * 60 * minutes, seed=11), 16000)
+        out = tmp_path / f"{minutes}-out.wav"
+        argv = ["infer", "-m", voice, "--hubert", models.hubert_path, "--index", models.index(768),
+                "--f0-method", "pm", "-i", clip, "-o", out]
+        done = subprocess.run([sys.executable, "-c", PEAK_OF, *map(str, argv)], capture_output=True, text=True,
+                              cwd=REPO, timeout=7200)
+        tag, code, kb = done.stdout.strip().splitlines()[-1].split()
+        assert tag == "peak-kb" and code == "0", done.stderr[-2000:]
+        peaks[minutes] = int(kb) / 1024
+        assert abs(sf.info(str(out)).duration - 60 * minutes) < 0.05
+        clip.unlink()
+        out.unlink()
+    ratio = peaks[LONG_MINUTES] / peaks[1]
+    print(f"peak RSS: 1 min {peaks[1]:.0f} MB, {LONG_MINUTES} min {peaks[LONG_MINUTES]:.0f} MB ({ratio:.3f}x)")
+    assert ratio <= LONG_RSS_BOUND

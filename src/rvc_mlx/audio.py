@@ -85,6 +85,11 @@ def _read_soundfile(path: Path):
         return mono.audio(), f.samplerate
 
 
+def _interleaved(frame) -> np.ndarray:
+    """A packed float PyAV frame as ``(n, channels)``."""
+    return frame.to_ndarray().reshape(-1, len(frame.layout.channels))
+
+
 def _read_av(path: Path):
     import av
 
@@ -93,7 +98,10 @@ def _read_av(path: Path):
             stream = next((s for s in container.streams if s.type == "audio"), None)
             if stream is None:
                 raise AudioError(f"{path}: no audio stream in file")
-            resampler = av.AudioResampler(format="flt", layout="mono")
+            # packed float in the stream's own layout, mixed down here: the mean of the channels, as libsndfile's
+            # path does (FFmpeg's own downmix weights them: (L + R) / sqrt 2, 5.1 without its LFE). Packed, not
+            # planar: PyAV's planar to_ndarray reads one buffer per channel and crashed on damaged frames.
+            resampler = av.AudioResampler(format="flt")
             # a damaged file may have an audio stream without a decoder (codec_context None) or a rate
             codec = stream.codec_context
             sr = (codec.sample_rate if codec is not None else None) or getattr(stream, "rate", None)
@@ -102,9 +110,9 @@ def _read_av(path: Path):
             mono = _Mono(path, int(sr))
             for frame in container.decode(stream):
                 for out in resampler.resample(frame):
-                    mono.add(out.to_ndarray().reshape(-1, 1))
+                    mono.add(_interleaved(out))
             for out in resampler.resample(None):
-                mono.add(out.to_ndarray().reshape(-1, 1))
+                mono.add(_interleaved(out))
     except av.FFmpegError as e:
         raise AudioError(f"{path}: cannot decode audio ({' '.join(str(e).split())[:200]})") from None
     return mono.audio().astype(np.float32, copy=False), int(sr)

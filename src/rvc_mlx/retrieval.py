@@ -37,9 +37,10 @@ class _IndexReader:
     misread; the largest allocation faiss then makes is bounded by the file's own size."""
 
     def __init__(self, data: bytes):
-        self.data, self.pos = data, 0
+        self.data, self.pos = memoryview(data), 0
 
-    def take(self, n: int) -> bytes:
+    def take(self, n: int) -> memoryview:
+        """The next ``n`` bytes, without copying them (a 3 GB vector block is only stepped over)."""
         if n < 0 or self.pos + n > len(self.data):
             raise _Corrupt("truncated")
         out = self.data[self.pos : self.pos + n]
@@ -57,7 +58,7 @@ class _IndexReader:
         return n
 
     def header(self, depth: int) -> tuple[bytes, int, int]:
-        fourcc = self.take(4)
+        fourcc = bytes(self.take(4))
         if fourcc not in _FLAT and fourcc != _IVF_FLAT:
             raise _Corrupt(f"unsupported index type {fourcc!r} (rvc-mlx reads flat and IVF-flat indexes)")
         d, ntotal, _, _, trained, metric = struct.unpack("<iqqqBi", self.take(33))
@@ -88,12 +89,12 @@ class _IndexReader:
         qd, qn = self.index(depth + 1)
         if qd != d or qn != nlist:
             raise _Corrupt("quantizer does not match the inverted lists")
-        if self.take(1) not in (b"\x00", b"\x01"):  # direct map type: none or array
+        if bytes(self.take(1)) not in (b"\x00", b"\x01"):  # direct map type: none or array
             raise _Corrupt("unsupported direct map")
         self.take(self.count(8) * 8)
-        if self.take(4) != b"ilar" or self.u64() != nlist or self.u64() != d * 4:
+        if bytes(self.take(4)) != b"ilar" or self.u64() != nlist or self.u64() != d * 4:
             raise _Corrupt("inverted lists do not match the index")
-        kind = self.take(4)
+        kind = bytes(self.take(4))
         if kind == b"full":
             n = self.count(8)
             if n != nlist:
@@ -147,6 +148,26 @@ def memory_available() -> int | None:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
         return None
+
+
+class _ReadFrom:
+    """Hands faiss the checked bytes in blocks: ``faiss.deserialize_index`` would first copy all of them into a
+    vector of its own (3 copies of a 3 GB index at once; this way 2: the file's bytes and the index)."""
+
+    BLOCK = 1 << 22
+
+    def __init__(self, data: bytes):
+        self.view, self.pos = memoryview(data), 0
+
+    def read(self, n: int) -> bytes:
+        chunk = self.view[self.pos : self.pos + n]
+        self.pos += len(chunk)
+        return chunk.tobytes()
+
+    def reader(self):
+        import faiss
+
+        return faiss.PyCallbackIOReader(self.read, self.BLOCK)
 
 
 class FeatureIndex:
@@ -203,7 +224,7 @@ class FeatureIndex:
         if ntotal == 0:
             raise InputError(f"{path}: index is empty")
         try:  # checked above: faiss reads exactly the structure it wrote, from memory
-            index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
+            index = faiss.read_index(_ReadFrom(data).reader())
             del data
             loaded = cls(index, str(path))
         except RuntimeError as e:
