@@ -27,3 +27,26 @@ def ref_cache(request) -> Path:
     """A persistent directory for built reference models/outputs (under .pytest_cache)."""
     path = Path(request.config.cache.mkdir("rvc-reference"))
     return path
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """``mount(size, options="")`` -> a folder on a real tmpfs of ``size`` (e.g. ``"2m"``), unmounted after the
+    test. Needs root with CAP_SYS_ADMIN, as on the CI machines; the test is skipped where mounting fails."""
+    import subprocess
+
+    mounted = []
+
+    def mount(size: str, options: str = "") -> Path:
+        folder = tmp_path / f"tmpfs-{len(mounted)}"
+        folder.mkdir()
+        opts = ",".join(filter(None, [options, f"size={size}"]))
+        made = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(folder)], capture_output=True)
+        if made.returncode:
+            pytest.skip(f"cannot mount a tmpfs here: {made.stderr.decode().strip()}")
+        mounted.append(folder)
+        return folder
+
+    yield mount
+    for folder in mounted:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
