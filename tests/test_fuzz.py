@@ -303,3 +303,49 @@ def test_encrypted_zip_member_is_a_checkpoint_error(tmp_path):
     with pytest.raises(CheckpointError) as err:
         load_checkpoint(path)
     _one_line(err)
+
+
+def _direct_map_offset(data: bytes) -> int:
+    """Where an IVF-flat index's direct-map type byte is: after its header, nlist, nprobe and flat quantizer."""
+    d = struct.unpack("<i", data[4:8])[0]
+    nlist = struct.unpack("<Q", data[37:45])[0]
+    return 37 + 16 + 37 + 8 + nlist * d * 4
+
+
+def test_index_direct_maps_and_repeated_ids_are_checked(tmp_path):
+    """Long run (seed 1, case 14406): a direct-map type byte set to 1 (array) with no array loaded, then faiss
+    raised RuntimeError on reconstruct (a traceback). A direct map in the file is never trusted (rebuilt from the
+    lists), its size must be the vector count, and every id must occur once."""
+    import faiss
+
+    from rvc_mlx.errors import InputError
+    from rvc_mlx.retrieval import FeatureIndex
+
+    _, ivf = seeds.build_index(tmp_path)
+    data = ivf.read_bytes()
+    at = _direct_map_offset(data)
+    assert data[at:at + 9] == b"\x00" + struct.pack("<Q", 0)  # no direct map, as RVC writes it
+    bad = tmp_path / "dm.index"
+    bad.write_bytes(data[:at] + b"\x01" + data[at + 1:])
+    with pytest.raises(InputError, match="direct map size") as err:
+        FeatureIndex.load(bad)
+    _one_line(err)
+    # a file with a direct map of the right size but garbage entries: rows still come from the lists
+    index = faiss.read_index(str(ivf))
+    index.make_direct_map()
+    with_map = tmp_path / "with-map.index"
+    faiss.write_index(index, str(with_map))
+    mapped = with_map.read_bytes()
+    n = index.ntotal
+    assert mapped[at] == 1 and struct.unpack("<Q", mapped[at + 1:at + 9])[0] == n
+    garbage = mapped[:at + 9] + struct.pack("<q", 2**40) * n + mapped[at + 9 + 8 * n:]
+    bad.write_bytes(garbage)
+    loaded = FeatureIndex.load(bad)
+    np.testing.assert_array_equal(loaded.rows(np.arange(n)), faiss.read_index(str(ivf)).reconstruct_n(0, n))
+    # one id stored twice (another vector then has none)
+    last_id = len(data) - 8
+    assert struct.unpack("<q", data[last_id:])[0] != 0
+    bad.write_bytes(data[:last_id] + struct.pack("<q", 0))  # id 0 is also in some list
+    with pytest.raises(InputError, match="vector ids repeat") as err:
+        FeatureIndex.load(bad)
+    _one_line(err)

@@ -89,9 +89,12 @@ class _IndexReader:
         qd, qn = self.index(depth + 1)
         if qd != d or qn != nlist:
             raise _Corrupt("quantizer does not match the inverted lists")
-        if bytes(self.take(1)) not in (b"\x00", b"\x01"):  # direct map type: none or array
+        direct_map = bytes(self.take(1))
+        if direct_map not in (b"\x00", b"\x01"):  # direct map type: none or array (one entry per vector)
             raise _Corrupt("unsupported direct map")
-        self.take(self.count(8) * 8)
+        if self.count(8) != (ntotal if direct_map == b"\x01" else 0):
+            raise _Corrupt("direct map size")
+        self.take(ntotal * 8 if direct_map == b"\x01" else 0)
         if bytes(self.take(4)) != b"ilar" or self.u64() != nlist or self.u64() != d * 4:
             raise _Corrupt("inverted lists do not match the index")
         kind = bytes(self.take(4))
@@ -114,11 +117,15 @@ class _IndexReader:
             raise _Corrupt("unsupported inverted list layout")
         if sum(sizes) != ntotal or ntotal * (d * 4 + 8) > len(self.data) - self.pos:
             raise _Corrupt("inverted lists hold a different number of vectors than the header says")
+        seen = np.zeros(ntotal, dtype=bool)
         for size in sizes:
             self.take(size * d * 4)
             ids = np.frombuffer(self.take(size * 8), dtype="<i8")
             if ids.size and (ids.min() < 0 or ids.max() >= ntotal):  # retrieval indexes the vectors by id
                 raise _Corrupt("a vector id is out of range")
+            seen[ids] = True
+        if not seen.all():  # ids repeat: some vector has none (RVC numbers them 0 .. ntotal - 1)
+            raise _Corrupt("vector ids repeat")
         return d, ntotal
 
 
@@ -181,8 +188,9 @@ class FeatureIndex:
         self._flat = None
         if isinstance(index, faiss.IndexFlat):
             self._flat = faiss.rev_swig_ptr(index.get_xb(), index.ntotal * index.d).reshape(index.ntotal, index.d)
-        else:
-            index.make_direct_map()  # ids -> list positions: 8 bytes a vector
+        else:  # ids -> list positions, 8 bytes a vector; built here, never taken from the file
+            index.make_direct_map(False)
+            index.make_direct_map(True)
 
     @property
     def dim(self) -> int:
