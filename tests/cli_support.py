@@ -94,3 +94,35 @@ def serve_hub(root: Path, tmp_path: Path, monkeypatch) -> http.server.ThreadingH
     monkeypatch.setattr(c, "HUGGINGFACE_CO_URL_TEMPLATE", endpoint + "/{repo_id}/resolve/{revision}/{filename}")
     monkeypatch.setattr(c, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
     return server
+
+
+# -- batches: the deterministic pm conversion the corpus and durability tests compare runs of --------------------
+
+BATCH_VOICE = "v2-40k-f0"
+
+
+def batch_args(models) -> list:
+    """``rvc-mlx batch`` flags: the reference v2 40 kHz voice, its HuBERT, pm F0, deterministic, quiet."""
+    path, _, _ = models.voice(BATCH_VOICE)
+    return ["-m", path, "--hubert", models.hubert_path, "--rmvpe", models.rmvpe_path, "--f0-method", "pm",
+            "--deterministic", "-q"]
+
+
+def batch_paths(models):
+    """The same models as ``batch_args``, resolved for ``service.corpus.convert_corpus``."""
+    from rvc_mlx.service.models import resolve_models
+
+    path, _, _ = models.voice(BATCH_VOICE)
+    return resolve_models(path, hubert=models.hubert_path, rmvpe=models.rmvpe_path, f0_method="pm")
+
+
+def batch_options():
+    from rvc_mlx.options import parse_options
+
+    return parse_options({"f0_method": "pm", "deterministic": True})
+
+
+def wav_outputs(folder: Path) -> dict[str, bytes]:
+    """Every ``.wav`` under ``folder`` (not hidden ones) by relative path -> bytes."""
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*.wav"))
+            if not p.name.startswith(".")}

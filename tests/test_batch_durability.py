@@ -24,10 +24,11 @@ import soundfile as sf
 
 from rvc_mlx import audio as audio_io
 from rvc_mlx.atomic import TEMP_SUFFIX
-from rvc_mlx.options import parse_options
 from rvc_mlx.service import corpus
-from rvc_mlx.service.models import resolve_models
-from tests.cli_support import run_cli
+from tests.cli_support import batch_args as _args
+from tests.cli_support import batch_options, run_cli
+from tests.cli_support import batch_paths as _paths
+from tests.cli_support import wav_outputs as _outputs
 from tests.reference import hubert_models
 from tests.reference.rvc_pipeline import ReferenceModels
 
@@ -37,6 +38,8 @@ OUTPUTS = sorted(Path(name).with_suffix(".wav").as_posix() for name in CLIPS)
 KILLS = 3  # kill -9 rounds before the run that completes
 KILL_SEED = 16
 REPO = Path(__file__).resolve().parents[1]
+
+OPTIONS = batch_options()
 
 
 @pytest.fixture(scope="module")
@@ -51,25 +54,6 @@ def corpus_dir(tmp_path_factory):
     for i, (name, seconds) in enumerate(CLIPS.items()):
         sf.write(root / name, hubert_models.speech_like(int(SR16 * seconds), seed=30 + i), SR16)
     return root
-
-
-def _args(models):
-    path, _, _ = models.voice("v2-40k-f0")
-    return ["-m", path, "--hubert", models.hubert_path, "--rmvpe", models.rmvpe_path, "--f0-method", "pm",
-            "--deterministic", "-q"]
-
-
-def _paths(models):
-    path, _, _ = models.voice("v2-40k-f0")
-    return resolve_models(path, hubert=models.hubert_path, rmvpe=models.rmvpe_path, f0_method="pm")
-
-
-OPTIONS = parse_options({"f0_method": "pm", "deterministic": True})
-
-
-def _outputs(folder: Path) -> dict[str, bytes]:
-    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*.wav"))
-            if not p.name.startswith(".")}
 
 
 def _names(folder: Path) -> list[str]:

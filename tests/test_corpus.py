@@ -16,16 +16,19 @@ from pathlib import Path
 import pytest
 import soundfile as sf
 
-from rvc_mlx.options import parse_options
 from rvc_mlx.service import corpus
-from rvc_mlx.service.models import resolve_models
-from tests.cli_support import run_cli
+from tests.cli_support import batch_args as _args
+from tests.cli_support import batch_options, run_cli
+from tests.cli_support import batch_paths as _paths
+from tests.cli_support import wav_outputs as _outputs
 from tests.reference import hubert_models
 from tests.reference.rvc_pipeline import ReferenceModels
 
 SR16 = 16000
 CLIP_SECONDS = (0.3, 0.8, 0.5, 0.4, 0.7, 0.6)  # different lengths: longest-first order differs from name order
 BAD = "zz-not-audio.wav"
+
+OPTIONS = batch_options()
 
 
 @pytest.fixture(scope="module")
@@ -43,24 +46,6 @@ def corpus_dir(tmp_path_factory):
         sf.write(root / name, hubert_models.speech_like(int(SR16 * seconds), seed=10 + i), SR16)
     (root / BAD).write_bytes(b"RIFF not really audio" * 20)
     return root
-
-
-def _args(models):
-    path, _, _ = models.voice("v2-40k-f0")
-    return ["-m", path, "--hubert", models.hubert_path, "--rmvpe", models.rmvpe_path, "--f0-method", "pm",
-            "--deterministic", "-q"]
-
-
-def _paths(models):
-    path, _, _ = models.voice("v2-40k-f0")
-    return resolve_models(path, hubert=models.hubert_path, rmvpe=models.rmvpe_path, f0_method="pm")
-
-
-OPTIONS = parse_options({"f0_method": "pm", "deterministic": True})
-
-
-def _outputs(folder: Path) -> dict[str, bytes]:
-    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*.wav"))}
 
 
 @pytest.fixture(scope="module")
