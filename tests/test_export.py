@@ -113,26 +113,39 @@ def test_bundle_round_trip_matches_golden(bundle):
 
 
 @pytest.mark.slow
-def test_fp16_bundle(sources, bundle, tmp_path):
-    out = tmp_path / "b16"
+@pytest.mark.parametrize("flags, dtype", [(["--fp16"], "float16"), (["--dtype", "bfloat16"], "bfloat16")])
+def test_half_precision_bundle(sources, bundle, tmp_path, flags, dtype):
+    import mlx.core as mx
+
+    out = tmp_path / "half"
     assert main(["export", "-m", str(sources["voice"]), "-o", str(out), "--hubert", str(sources["hubert"]),
-                 "--rmvpe", str(sources["rmvpe"]), "--index", str(sources["index"]), "--fp16", "--no-golden"]) == 0
+                 "--rmvpe", str(sources["rmvpe"]), "--index", str(sources["index"]), *flags, "--no-golden"]) == 0
     manifest = export.read_manifest(out)
-    assert manifest["dtype"] == "float16" and manifest["golden"] == []
-    w16, _ = store.load_numpy(out / "voice.safetensors")
+    assert manifest["dtype"] == dtype and manifest["golden"] == []
+    assert {t["dtype"] for t in manifest["files"]["voice.safetensors"]["tensors"]} == {dtype}
+    assert store.storage_dtype(out / "voice.safetensors") == dtype
+    w16, _ = store.load_numpy(out / "voice.safetensors")  # upcast as it loads
     w32, _ = store.load_numpy(sources["voice"])
-    assert all(w16[k].dtype == np.float16 and np.array_equal(w16[k], w32[k].astype(np.float16)) for k in w32)
+    half = getattr(mx, dtype)
+    assert all(w16[k].dtype == np.float32 and np.array_equal(
+        w16[k], np.array(mx.array(w32[k]).astype(half).astype(mx.float32))) for k in w32)
     converter = export.load_bundle(out)
     golden = parity.load_dump(bundle / "golden" / "clip2.safetensors")
     opts = _golden_options(golden)
     stages, info = parity.dump(converter, golden.stages["source"], 16000, opts)
-    cmp = parity.compare(golden, parity.Dump("fp16", stages, {}, info))
+    cmp = parity.compare(golden, parity.Dump(dtype, stages, {}, info))
     print(cmp.summary())
-    # float16 storage rounds weights (~5e-4 relative): features move ~1e-3, beyond the float32 tolerance, but the
-    # pitch path is unchanged and the audio stays within the audio tolerance
+    # half-precision storage rounds weights (float16 ~5e-4, bfloat16 ~4e-3 relative): features move beyond the
+    # float32 tolerance. float16 leaves the pitch path unchanged and the audio within the audio tolerance;
+    # bfloat16 moves RMVPE's F0 (random weights: voicing flips on a few % of frames, README) and so the audio's
+    # phase, but features and the spectrum stay close (benchmarks/results/half_precision.md)
     by_name = {r.name: r for r in cmp.results}
-    assert by_name["pitch"].passed and by_name["coarse_pitch"].passed
-    assert by_name["m_p"].metrics["corr"] > 0.9999 and by_name["audio"].passed, by_name["audio"].metrics
+    assert by_name["hubert"].metrics["corr"] > (0.99999 if dtype == "float16" else 0.9999), by_name["hubert"].metrics
+    if dtype == "float16":
+        assert by_name["pitch"].passed and by_name["coarse_pitch"].passed
+        assert by_name["m_p"].metrics["corr"] > 0.9999 and by_name["audio"].passed, by_name["audio"].metrics
+    else:
+        assert by_name["m_p"].metrics["corr"] > 0.97 and by_name["audio"].metrics["mel_corr"] > 0.9
 
 
 def test_export_cli_errors(sources, bundle, tmp_path, capsys):

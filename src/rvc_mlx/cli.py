@@ -28,8 +28,12 @@ def cmd_convert(args) -> int:
     if out.resolve() == Path(args.input).resolve():
         raise RvcMlxError(f"{out}: output would overwrite the input")
     weights, config = convert_file(args.input, kind=args.kind)
-    store.save(out, weights, config)
-    print(f"{out}: {config['kind']} model, {sum(w.size for w in weights.values()):,} parameters")
+    store.save(out, weights, config, dtype=args.dtype)
+    if args.dtype == "bfloat16" and config["kind"] in ("rmvpe", "crepe", "fcpe"):
+        print("note: bfloat16 weights move a pitch model's F0 (voicing and octave flips); float16 does not "
+              "(README: Half-precision models)", file=sys.stderr)
+    print(f"{out}: {config['kind']} model, {sum(w.size for w in weights.values()):,} parameters"
+          + (f", stored as {args.dtype}" if args.dtype != "float32" else ""))
     return 0
 
 
@@ -274,6 +278,9 @@ def add_commands(sub) -> None:
     p.add_argument("input", help="RVC voice .pth, hubert_base.pt, rmvpe.pt, CREPE/FCPE weights, or a HF directory")
     p.add_argument("-o", "--output", help="output .safetensors (default: next to the input)")
     p.add_argument("--kind", choices=("voice", "hubert", "rmvpe", "crepe", "fcpe"), help="skip auto-detection")
+    p.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32",
+                   help="store float tensors as this: float16/bfloat16 files are half the size; loading upcasts "
+                        "them and compute stays float32 (the parity cost is in the README)")
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser(

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -24,6 +23,7 @@ import numpy as np
 from .atomic import publish_modes, staging_dir
 from .convert import sha256_file
 from .errors import FormatError, InputError, RvcMlxError
+from .store import STORAGE_DTYPES
 
 BUNDLE_FORMAT = "rvc-mlx-bundle"
 BUNDLE_FORMAT_VERSION = 1
@@ -70,15 +70,13 @@ def tensor_layouts(kind: str, shapes: dict[str, tuple]) -> dict[str, dict]:
     return out
 
 
-def _copy_model(src: Path, dst: Path, fp16: bool) -> dict:
-    """Copy a converted model (float tensors cast to float16 when ``fp16``); returns its config."""
+def _copy_model(src: Path, dst: Path, dtype: str) -> dict:
+    """Copy a converted model, float tensors stored as ``dtype``; returns its config."""
     from . import store
 
     weights, config = store.load_numpy(src)
-    if fp16:
-        weights = {k: v.astype(np.float16) if np.issubdtype(v.dtype, np.floating) else v for k, v in weights.items()}
     config = {k: v for k, v in config.items() if k not in ("format", "format_version")}
-    store.save(dst, weights, config)
+    store.save(dst, weights, config, dtype=dtype)
     return store.read_config(dst)
 
 
@@ -175,10 +173,12 @@ def _format_doc(manifest: dict) -> str:
     return text.rstrip("\n") + "\n" + "\n".join(facts) + "\n"
 
 
-def export_bundle(out_dir, voice, hubert, rmvpe=None, index=None, *, fp16: bool = False, golden: bool = True,
+def export_bundle(out_dir, voice, hubert, rmvpe=None, index=None, *, dtype: str = "float32", golden: bool = True,
                   options=None) -> dict:
     """Write a bundle to ``out_dir`` (created; must be empty or absent). Returns the manifest.
 
+    ``dtype``: how the models' float tensors are stored (float32 | float16 | bfloat16; the golden dumps are always
+    those of the float32 originals).
     ``voice``/``hubert``/``rmvpe``: converted ``.safetensors`` paths; ``index``: a faiss ``.index`` or None.
     ``options``: ``ConversionOptions`` for the golden dumps (forced deterministic)."""
     from . import __version__, store
@@ -204,7 +204,7 @@ def export_bundle(out_dir, voice, hubert, rmvpe=None, index=None, *, fp16: bool 
         files, configs = {}, {}
         for name, src, kind in (("voice", voice, "voice"), ("hubert", hubert, "hubert"), ("rmvpe", rmvpe, "rmvpe")):
             if src is not None:
-                configs[f"{name}.safetensors"] = (_copy_model(Path(src), tmp / f"{name}.safetensors", fp16), kind)
+                configs[f"{name}.safetensors"] = (_copy_model(Path(src), tmp / f"{name}.safetensors", dtype), kind)
         vectors = None
         if index is not None:
             from safetensors.numpy import save_file
@@ -227,7 +227,7 @@ def export_bundle(out_dir, voice, hubert, rmvpe=None, index=None, *, fp16: bool 
 
         manifest = {
             "format": BUNDLE_FORMAT, "format_version": BUNDLE_FORMAT_VERSION, "target": "ios",
-            "created_by": f"rvc-mlx {__version__}", "dtype": "float16" if fp16 else "float32",
+            "created_by": f"rvc-mlx {__version__}", "dtype": dtype,
             "sample_rates": {"input": 16000, "model": voice_cfg["sample_rate"], "f0_frame_rate": 100,
                              "feature_frame_rate": 50},
             "voice": {k: voice_cfg.get(k) for k in ("version", "sample_rate", "use_f0", "feature_dim", "n_speakers",
@@ -274,21 +274,8 @@ def read_manifest(bundle, verify: bool = True) -> dict:
     return manifest
 
 
-def _as_float32(path: Path, tmpdir: Path) -> Path:
-    """``path`` itself, or a float32 copy in ``tmpdir`` when it stores float16 (compute is float32)."""
-    from . import store
-
-    weights, config = store.load_numpy(path)
-    if not any(v.dtype == np.float16 for v in weights.values()):
-        return path
-    weights = {k: v.astype(np.float32) if v.dtype == np.float16 else v for k, v in weights.items()}
-    out = tmpdir / path.name
-    store.save(out, weights, {k: v for k, v in config.items() if k not in ("format", "format_version")})
-    return out
-
-
 def load_bundle(bundle, verify: bool = True):
-    """A ``VoiceConverter`` from an exported bundle (float16 bundles are upcast to float32 for compute)."""
+    """A ``VoiceConverter`` from an exported bundle (half-precision tensors are upcast to float32 as they load)."""
     from safetensors.numpy import load_file
 
     from .pipeline import VoiceConverter
@@ -297,11 +284,9 @@ def load_bundle(bundle, verify: bool = True):
     bundle = Path(bundle)
     manifest = read_manifest(bundle, verify)
     files = manifest["files"]
-    tmp = tempfile.TemporaryDirectory(prefix="rvc-mlx-bundle-")
-    paths = {n: _as_float32(bundle / f"{n}.safetensors", Path(tmp.name)) if f"{n}.safetensors" in files else None
+    paths = {n: bundle / f"{n}.safetensors" if f"{n}.safetensors" in files else None
              for n in ("voice", "hubert", "rmvpe")}
     converter = VoiceConverter.load(paths["voice"], hubert=paths["hubert"], rmvpe=paths["rmvpe"])
-    converter.bundle_tmp = tmp  # float32 copies of a float16 bundle live as long as the converter
     if INDEX_FILE in files:
         vectors = load_file(str(bundle / INDEX_FILE))[INDEX_TENSOR]
         converter.index = FeatureIndex.from_vectors(vectors, source=str(bundle / INDEX_FILE))
@@ -319,7 +304,7 @@ def cmd_export(args) -> int:
         raise InputError(f"unknown export target {args.target!r} (known: {', '.join(TARGETS)})")
     options = options_from_args(args)
     paths = paths_from_args(args, f0_method="rmvpe")  # the bundle carries RMVPE for every f0 voice
-    manifest = export_bundle(args.output, paths.voice, paths.hubert, paths.rmvpe, paths.index, fp16=args.fp16,
+    manifest = export_bundle(args.output, paths.voice, paths.hubert, paths.rmvpe, paths.index, dtype=args.dtype,
                              golden=not args.no_golden, options=options)
     n = sum(len(f["tensors"]) for f in manifest["files"].values())
     print(f"{args.output}: {len(manifest['files'])} model files ({n} tensors, {manifest['dtype']}), "
@@ -335,6 +320,8 @@ def add_commands(sub) -> None:
     p.add_argument("--target", default="ios", help="bundle target (only 'ios')")
     p.add_argument("-o", "--output", required=True, help="bundle directory to create (must be empty or absent)")
     add_conversion_options(p)
-    p.add_argument("--fp16", action="store_true", help="store float tensors as float16 (compute stays float32)")
+    p.add_argument("--dtype", choices=STORAGE_DTYPES, default="float32",
+                   help="store float tensors as this (half the size as float16/bfloat16; compute stays float32)")
+    p.add_argument("--fp16", dest="dtype", action="store_const", const="float16", help="same as --dtype float16")
     p.add_argument("--no-golden", action="store_true", help="skip the golden stage dumps")
     p.set_defaults(func=cmd_export)

@@ -8,6 +8,9 @@ Tensors are stored in MLX layout (channels last) and are never transposed at loa
     config          JSON object with named fields; always has "kind" (voice | hubert | rmvpe | crepe | fcpe)
 
 Loading is strict: a model whose parameter names or shapes differ from the file is an error that lists them.
+
+Float tensors may be stored as float32 (the default), float16 or bfloat16 (``convert --dtype``: half the size);
+loading upcasts half-precision tensors to float32, the precision every network computes in.
 """
 
 from __future__ import annotations
@@ -28,18 +31,38 @@ FORMAT_NAME = "rvc-mlx"
 FORMAT_VERSION = 1
 KINDS = ("voice", "hubert", "rmvpe", "crepe", "fcpe")
 _MAX_HEADER = 100 * 1024 * 1024
+STORAGE_DTYPES = ("float32", "float16", "bfloat16")  # how float tensors may be stored
+HALF_DTYPES = {"F16", "BF16"}  # safetensors names of the half-precision storage types
 
 
-def save(path: str | os.PathLike, weights: dict[str, np.ndarray], config: dict) -> None:
-    """Write ``weights`` (already in MLX layout) and ``config`` (must contain ``kind``) to ``path`` atomically."""
-    from safetensors.numpy import save_file
-
+def save(path: str | os.PathLike, weights: dict[str, np.ndarray], config: dict, dtype: str = "float32") -> None:
+    """Write ``weights`` (already in MLX layout) and ``config`` (must contain ``kind``) to ``path`` atomically,
+    float tensors stored as ``dtype`` (float32 | float16 | bfloat16, rounded to nearest even)."""
     if config.get("kind") not in KINDS:
         raise FormatError(f"{path}: config kind must be one of {', '.join(KINDS)}, got {config.get('kind')!r}")
+    if dtype not in STORAGE_DTYPES:
+        raise FormatError(f"{path}: cannot store tensors as {dtype!r} (choose from {', '.join(STORAGE_DTYPES)})")
     config = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **config}
     meta = {"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION), "config": json.dumps(config)}
     arrays = {k: np.ascontiguousarray(v) for k, v in weights.items()}
-    atomic_write(path, lambda tmp: save_file(arrays, tmp, metadata=meta))
+    if dtype == "float32":
+        from safetensors.numpy import save_file
+
+        atomic_write(path, lambda tmp: save_file(arrays, tmp, metadata=meta))
+        return
+    import mlx.core as mx  # numpy has no bfloat16
+
+    half = getattr(mx, dtype)
+    stored = {k: mx.array(v).astype(half) if np.issubdtype(v.dtype, np.floating) else mx.array(v)
+              for k, v in arrays.items()}
+    atomic_write(path, lambda tmp: mx.save_safetensors(tmp, stored, metadata=meta))
+
+
+def storage_dtype(path: str | os.PathLike) -> str:
+    """How a converted file stores its float tensors: float32, float16 or bfloat16 (from the header)."""
+    names = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
+    found = {v["dtype"] for k, v in _read_header(Path(path)).items() if k != "__metadata__"} & set(names)
+    return names[max(found, key=lambda d: d != "F32")] if found else "float32"
 
 
 # safetensors dtype names -> bytes per element
@@ -202,19 +225,24 @@ def load(path: str | os.PathLike, kind: str | None = None):
         weights = mx.load(str(path))
     except (RuntimeError, ValueError) as e:
         raise FormatError(f"{path}: cannot read tensors ({e})") from None
-    return weights, config
+    return {k: v.astype(mx.float32) if v.dtype in (mx.float16, mx.bfloat16) else v for k, v in weights.items()}, config
 
 
 def load_numpy(path: str | os.PathLike):
-    """Like :func:`load` but returns numpy arrays (for tools and tests that do not need MLX)."""
+    """Like :func:`load` but returns numpy arrays, half-precision tensors upcast to float32 (for tools and tests
+    that do not need MLX)."""
     from safetensors.numpy import load_file
 
     path = Path(path)
     config = read_config(path)
+    if storage_dtype(path) == "bfloat16":  # numpy has no bfloat16: through MLX, upcast
+        weights, config = load(path)
+        return {k: np.array(v) for k, v in weights.items()}, config
     try:
-        return load_file(str(path)), config
+        weights = load_file(str(path))
     except Exception as e:  # safetensors raises its own error type; report it as one line
         raise FormatError(f"{path}: cannot read tensors ({e})") from None
+    return {k: v.astype(np.float32) if v.dtype == np.float16 else v for k, v in weights.items()}, config
 
 
 def load_into(model, weights: dict, source: str = "weights") -> None:
