@@ -16,6 +16,7 @@ import pytest
 import soundfile as sf
 import torch
 
+from rvc_mlx import store
 from rvc_mlx.errors import RvcMlxError
 from tests.cli_support import place, run_cli, serve_hub, speech_clip
 from tests.reference import hubert_models, rmvpe_models, rvc_models
@@ -66,6 +67,16 @@ def test_info_on_pth_and_converted_file_agree(models, ref_cache, tmp_path, capsy
     assert 0.9 * n_params < a["parameters"] <= n_params
     code, text, _ = _run(["info", out], capsys)
     assert "sample rate:  48000" in text and "speakers:" in text
+    # stored as float16: half the size, said by convert and info, the same model once loaded (upcast)
+    half = tmp_path / "voice-f16.safetensors"
+    code, text, _ = _run(["convert", pth, "-o", half, "--dtype", "float16"], capsys)
+    assert code == 0 and text.strip().endswith("stored as float16")
+    assert half.stat().st_size < 0.55 * out.stat().st_size
+    code, text, _ = _run(["info", half], capsys)
+    assert "format:       rvc-mlx 1, tensors stored as float16" in text
+    w32, _ = store.load_numpy(out)
+    w16, _ = store.load_numpy(half)
+    assert all(np.array_equal(w16[k], w32[k].astype(np.float16).astype(np.float32)) for k in w32)
 
 
 def test_convert_detects_every_kind(models, ref_cache, tmp_path, capsys):

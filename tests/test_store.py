@@ -239,3 +239,29 @@ def test_valid_rewritten_header_still_loads(tmp_path):
     loaded, config = store.load(same, kind="rmvpe")
     assert config["kind"] == "rmvpe" and store.tensor_shapes(same)["lin.weight"] == (2, 3)
     np.testing.assert_array_equal(np.array(loaded["lin.weight"]), weights["lin.weight"])
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_half_precision_storage_rounds_once_and_loads_as_float32(tmp_path, dtype):
+    """Stored half: half the bytes, rounded to nearest even (MLX's cast, checked against a numpy bit-level
+    rounding for bfloat16), and both loaders give float32; integer tensors are kept."""
+    rng = np.random.default_rng(0)
+    weights = {"w": rng.standard_normal((64, 64)).astype(np.float32), "ids": np.arange(4, dtype=np.int64)}
+    full, half = tmp_path / "full.safetensors", tmp_path / "half.safetensors"
+    store.save(full, weights, {"kind": "voice"})
+    store.save(half, weights, {"kind": "voice"}, dtype=dtype)
+    assert store.storage_dtype(full) == "float32" and store.storage_dtype(half) == dtype
+    assert half.stat().st_size < 0.6 * full.stat().st_size
+    if dtype == "float16":
+        expected = weights["w"].astype(np.float16).astype(np.float32)
+    else:  # round to nearest even on the upper 16 bits
+        bits = weights["w"].view(np.uint32).astype(np.uint64)
+        expected = (((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) << 16).astype(np.uint32).view(np.float32)
+    loaded, _ = store.load(half)
+    assert loaded["w"].dtype == mx.float32 and np.array_equal(np.array(loaded["w"]), expected)
+    assert np.array_equal(np.array(loaded["ids"]), weights["ids"])
+    as_numpy, _ = store.load_numpy(half)
+    assert as_numpy["w"].dtype == np.float32 and np.array_equal(as_numpy["w"], expected)
+    assert 0 < np.max(np.abs(expected - weights["w"])) <= (2**-11 if dtype == "float16" else 2**-8) * 4.5
+    with pytest.raises(FormatError, match="cannot store tensors as 'int8'"):
+        store.save(tmp_path / "x.safetensors", weights, {"kind": "voice"}, dtype="int8")

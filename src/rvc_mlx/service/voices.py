@@ -54,6 +54,9 @@ def model_facts(path: str | Path) -> dict:
         facts = {k: config.get(k) for k, _ in INFO_FIELDS}
         facts["parameters"] = sum(_prod(s) for s in shapes.values())
         facts["format"] = f"rvc-mlx {config.get('format_version')}"
+        dtype = store.storage_dtype(path)
+        if dtype != "float32":
+            facts["format"] += f", tensors stored as {dtype}"
     else:
         weights, config = convert_file(path)
         facts = {k: config.get(k) for k, _ in INFO_FIELDS}
