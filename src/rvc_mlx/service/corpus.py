@@ -280,7 +280,7 @@ def hold_worker_lock(out_dir: str) -> int:
     fd = os.open(Path(out_dir) / WORKERS_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_SH)
-    except OSError:  # a file system without locks: convert anyway (the coordinator's lock already failed open)
+    except OSError:  # a file system without flock (some network mounts): convert anyway, unguarded
         pass
     return fd
 
