@@ -140,14 +140,16 @@ PEAK_OF = textwrap.dedent("""
     print("peak-kb", code, hwm)
 """)
 LONG_MINUTES = 60
-GROWTH_MB_PER_S = 0.35  # README: peak RSS <= a 1-minute input's + 0.35 MB per further second (measured 0.30)
+# README: peak RSS of S seconds <= 1.25 x a 1-minute input's + 0.4 MB per second beyond 10 minutes (measured: 10 min
+# 1.088x; 60 min with narrow models 1.63x, 0.30 MB per second of input)
+BOUND_RATIO, BOUND_FROM_S, GROWTH_MB_PER_S = 1.25, 600, 0.4
 
 
 @pytest.mark.slow
 def test_a_60_minute_input_stays_within_the_memory_bound(ref_cache, tmp_path):
     """``rvc-mlx infer`` on 1 and 60 minutes of speech-like audio (generated, pm F0, an index), each in a fresh
-    process: the 60-minute peak RSS is within the README's bound (``GROWTH_MB_PER_S`` over the 1-minute one: the
-    whole input and output arrays are held) and the output is whole."""
+    process: the 60-minute peak RSS is within the README's bound (the whole input and output arrays are held, so
+    beyond 10 minutes it grows by up to ``GROWTH_MB_PER_S``) and the output is whole."""
     import soundfile as sf
 
     from tests.reference import hubert_models
@@ -171,7 +173,6 @@ def test_a_60_minute_input_stays_within_the_memory_bound(ref_cache, tmp_path):
         assert abs(sf.info(str(out)).duration - 60 * minutes) < 0.05
         clip.unlink()
         out.unlink()
-    growth = (peaks[LONG_MINUTES] - peaks[1]) / (60 * (LONG_MINUTES - 1))
-    print(f"peak RSS: 1 min {peaks[1]:.0f} MB, {LONG_MINUTES} min {peaks[LONG_MINUTES]:.0f} MB "
-          f"({growth:.3f} MB per second of input)")
-    assert growth <= GROWTH_MB_PER_S
+    bound = BOUND_RATIO * peaks[1] + GROWTH_MB_PER_S * max(0, 60 * LONG_MINUTES - BOUND_FROM_S)
+    print(f"peak RSS: 1 min {peaks[1]:.0f} MB, {LONG_MINUTES} min {peaks[LONG_MINUTES]:.0f} MB (bound {bound:.0f})")
+    assert peaks[LONG_MINUTES] <= bound
