@@ -20,7 +20,7 @@ import torch
 from rvc_mlx.errors import RvcMlxError
 from rvc_mlx.train import features as F
 from tests.reference import hubert_models as H
-from tests.reference.rmvpe_models import cached_rmvpe, speech_like
+from tests.reference.rmvpe_models import BUILD_VERSION as RMVPE_BUILD, cached_rmvpe, speech_like
 
 # segment name -> (seconds, seed); odd lengths exercise HuBERT's and RMVPE's frame counts
 SEGMENTS = {"0_0": (1.23, 1), "0_1": (2.0, 2), "1_0": (0.77, 3)}
@@ -56,15 +56,38 @@ def rmvpe_pt(ref_cache, home):
 
 
 @pytest.fixture(scope="module")
+def hubert_st(hubert_pt):
+    """The converted HuBERT (resolving the .pt hashes 360 MB on every call; the v2 run tests that path)."""
+    from rvc_mlx.service.models import resolve_base_model
+
+    return resolve_base_model(hubert_pt, "hubert")
+
+
+class _Lazy:
+    """A reference model built on first use (its outputs are cached on disk, so a warm run builds none)."""
+
+    def __init__(self, build):
+        self.build, self.model = build, None
+
+    def __call__(self):
+        if self.model is None:
+            self.model = self.build()
+        return self.model
+
+
+@pytest.fixture(scope="module")
 def torch_hubert(hubert_pt):
-    return H.load_reference_model(hubert_pt.parent)
+    return _Lazy(lambda: H.load_reference_model(hubert_pt.parent))
 
 
 @pytest.fixture(scope="module")
 def torch_rmvpe(rmvpe_pt):
-    from rvc.lib.rmvpe import RMVPE
+    def build():
+        from rvc.lib.rmvpe import RMVPE
 
-    return RMVPE(str(rmvpe_pt), is_half=False, device="cpu")
+        return RMVPE(str(rmvpe_pt), is_half=False, device="cpu")
+
+    return _Lazy(build)
 
 
 def make_exp(root, segments=SEGMENTS):
@@ -98,12 +121,42 @@ def rvc_read(path) -> torch.Tensor:
     return x.view(1, -1)
 
 
-@torch.no_grad()
-def rvc_features(torch_hubert, path, version) -> np.ndarray:
-    model, final_proj = torch_hubert
-    hs = model(rvc_read(path), output_hidden_states=True).hidden_states
-    out = final_proj(hs[9]) if version == "v1" else hs[12]
-    return out.squeeze(0).float().numpy()
+def cached(ref_cache, key: str, compute) -> np.ndarray:
+    path = ref_cache / "train_features_ref" / f"{key}.npy"
+    if path.exists():
+        return np.load(path)
+    out = compute()
+    path.parent.mkdir(exist_ok=True)
+    np.save(path, out)
+    return out
+
+
+def rvc_features(torch_hubert, path, version, ref_cache) -> np.ndarray:
+    """The reference features of the segment at ``path`` (cached by its content digest)."""
+    import hashlib
+
+    def compute():
+        model, final_proj = torch_hubert()
+        with torch.no_grad():
+            hs = model(rvc_read(path), output_hidden_states=True).hidden_states
+            out = final_proj(hs[9]) if version == "v1" else hs[12]
+        return out.squeeze(0).float().numpy()
+
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    return cached(ref_cache, f"hubert_v{H.REFERENCE_VERSION}_{version}_{digest}", compute)
+
+
+def rvc_rmvpe(torch_rmvpe, path, ref_cache) -> np.ndarray:
+    """rvc's ``infer_from_audio(x, thred=0.03)`` of the segment at ``path`` (cached by its content digest)."""
+    import hashlib
+
+    def compute():
+        x, _ = sf.read(str(path), dtype="float32")
+        with torch.no_grad():
+            return torch_rmvpe().infer_from_audio(x, thred=THRESHOLD)
+
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    return cached(ref_cache, f"rmvpe_v{RMVPE_BUILD}_{digest}", compute)
 
 
 def rvc_coarse(f0) -> np.ndarray:
@@ -158,21 +211,19 @@ def _hubert_frames(n):
     return n
 
 
-def test_v2_features_match_reference(v2_exp, torch_hubert):
+def test_v2_features_match_reference(v2_exp, torch_hubert, ref_cache):
     exp, _, _ = v2_exp
     for n in SEGMENTS:
-        want = rvc_features(torch_hubert, exp / "1_16k_wavs" / f"{n}.wav", "v2")
+        want = rvc_features(torch_hubert, exp / "1_16k_wavs" / f"{n}.wav", "v2", ref_cache)
         corr, max_abs = compare_features(np.load(exp / "3_feature768" / f"{n}.npy"), want)
         print(f"v2 {n}: corr {corr:.8f} max-abs {max_abs:.2e} (feature std {want.std():.3f})")
         assert corr >= FEATURE_CORR and max_abs <= FEATURE_MAX_ABS, (n, corr, max_abs)
 
 
-def test_rmvpe_f0_and_coarse_match_rvc(v2_exp, torch_rmvpe):
+def test_rmvpe_f0_and_coarse_match_rvc(v2_exp, torch_rmvpe, ref_cache):
     exp, _, _ = v2_exp
     for n in SEGMENTS:
-        x, sr = sf.read(str(exp / "1_16k_wavs" / f"{n}.wav"), dtype="float32")
-        with torch.no_grad():
-            want = torch_rmvpe.infer_from_audio(x, thred=THRESHOLD)
+        want = rvc_rmvpe(torch_rmvpe, exp / "1_16k_wavs" / f"{n}.wav", ref_cache)
         got = np.load(exp / "2b-f0nsf" / f"{n}.wav.npy")
         pitch = np.load(exp / "2a_f0" / f"{n}.wav.npy")
         assert got.shape == want.shape
@@ -185,3 +236,138 @@ def test_rmvpe_f0_and_coarse_match_rvc(v2_exp, torch_rmvpe):
         np.testing.assert_array_equal(pitch, rvc_coarse(got))  # RVC's quantisation of the saved f0
         ref_pitch = rvc_coarse(want)
         assert np.abs(pitch - ref_pitch).max() <= 1 and np.mean(pitch == ref_pitch) >= VOICING_AGREEMENT
+
+
+V1_SEGMENTS = {"a_0": (1.5, 4), "a_1": (0.9, 5)}
+
+
+@pytest.fixture(scope="module")
+def v1_exp(tmp_path_factory, hubert_st):
+    exp = make_exp(tmp_path_factory.mktemp("v1"), V1_SEGMENTS)
+    report = F.extract_features(exp, hubert_st, "v1", f0_method="pm")
+    return exp, report
+
+
+def rvc_pm(x) -> np.ndarray:
+    """RVC's ``extract_f0_print.py`` pm branch: Praat 10 ms, voicing 0.6, 50..1100 Hz, padded to N // 160."""
+    import parselmouth
+
+    p_len = x.shape[0] // 160
+    f0 = parselmouth.Sound(x, 16000).to_pitch_ac(time_step=0.01, voicing_threshold=0.6, pitch_floor=50,
+                                                 pitch_ceiling=1100).selected_array["frequency"]
+    pad = (p_len - len(f0) + 1) // 2
+    if pad > 0 or p_len - len(f0) - pad > 0:
+        f0 = np.pad(f0, [[pad, p_len - len(f0) - pad]], mode="constant")
+    return f0
+
+
+def test_v1_features_and_pm_f0_match_reference(v1_exp, torch_hubert, ref_cache):
+    exp, report = v1_exp
+    assert sorted(p.name for p in exp.iterdir()) == ["1_16k_wavs", "2a_f0", "2b-f0nsf", "3_feature256"]
+    assert (report.features_written, report.f0_written, report.f0_method) == (2, 2, "pm")
+    for n in V1_SEGMENTS:
+        wav = exp / "1_16k_wavs" / f"{n}.wav"
+        want = rvc_features(torch_hubert, wav, "v1", ref_cache)
+        got = np.load(exp / "3_feature256" / f"{n}.npy")
+        corr, max_abs = compare_features(got, want)
+        print(f"v1 {n}: corr {corr:.8f} max-abs {max_abs:.2e} (feature std {want.std():.3f})")
+        assert got.dtype == np.float32 and corr >= FEATURE_CORR and max_abs <= FEATURE_MAX_ABS, (n, corr, max_abs)
+        x, _ = sf.read(str(wav))
+        want_f0 = rvc_pm(x)
+        got_f0 = np.load(exp / "2b-f0nsf" / f"{n}.wav.npy")
+        assert got_f0.shape == want_f0.shape == (x.shape[0] // 160,)
+        np.testing.assert_allclose(got_f0, want_f0, rtol=1e-6, atol=1e-6)
+        assert (want_f0 > 0).mean() > 0.2
+        np.testing.assert_array_equal(np.load(exp / "2a_f0" / f"{n}.wav.npy"), rvc_coarse(got_f0))
+
+
+def test_resume_skips_done_segments_and_redoes_deleted_outputs(v1_exp, hubert_st):
+    exp, _ = v1_exp
+    outputs = sorted(p for d in ("3_feature256", "2a_f0", "2b-f0nsf") for p in (exp / d).iterdir())
+    before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in outputs}
+    again = F.extract_features(exp, hubert_st, "v1", f0_method="pm")
+    assert (again.features_written, again.f0_written, again.features_skipped, again.f0_skipped) == (0, 0, 2, 2)
+    assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in outputs} == before
+    gone = [exp / "3_feature256" / "a_1.npy", exp / "2a_f0" / "a_0.wav.npy"]
+    for p in gone:
+        p.unlink()
+    redo = F.extract_features(exp, hubert_st, "v1", f0_method="pm")
+    assert (redo.features_written, redo.f0_written, redo.features_skipped, redo.f0_skipped) == (1, 1, 1, 1)
+    for p in outputs:
+        assert p.read_bytes() == before[p][1], p  # redone outputs equal the first run's
+        if p not in gone and p != exp / "2b-f0nsf" / "a_0.wav.npy":  # that one is rewritten with its pair
+            assert p.stat().st_mtime_ns == before[p][0], p
+    assert not [p for p in exp.rglob(".*")]  # no temporaries left
+
+
+def test_seeded_fault_wrong_layer_fails_the_tolerance(tmp_path, hubert_st, torch_hubert, ref_cache, monkeypatch):
+    """v2 features taken from layer 9 instead of 12 must fail the parity check by far."""
+    from rvc_mlx.models import hubert as mlx_hubert
+
+    exp = make_exp(tmp_path, {"0_0": SEGMENTS["0_0"]})
+    monkeypatch.setitem(mlx_hubert.RVC_LAYERS, "v2", (9, False))
+    F.extract_features(exp, hubert_st, "v2", f0_method=None)
+    want = rvc_features(torch_hubert, exp / "1_16k_wavs" / "0_0.wav", "v2", ref_cache)
+    corr, max_abs = compare_features(np.load(exp / "3_feature768" / "0_0.npy"), want)
+    print(f"seeded fault (v2 from layer 9): corr {corr:.4f} max-abs {max_abs:.3f}")
+    assert corr < FEATURE_CORR and max_abs > 100 * FEATURE_MAX_ABS
+    assert sorted(p.name for p in exp.iterdir()) == ["1_16k_wavs", "3_feature768"]  # no f0 folders without f0
+
+
+def test_nan_features_are_not_saved_and_reported(tmp_path, hubert_st, monkeypatch):
+    exp = make_exp(tmp_path, {"0_0": (0.5, 1), "0_1": (0.5, 2)})
+
+    def fake(self, audio, source):
+        out = np.ones((10, 768), np.float32)
+        if source.name == "0_1.wav":
+            out[3, 5] = np.nan
+        return out
+
+    monkeypatch.setattr(F._Models, "features", fake)
+    report = F.extract_features(exp, hubert_st, "v2", f0_method=None)
+    assert report.nan_features == ["0_1"] and report.features_written == 1 and report.segments == 2
+    assert sorted(p.name for p in (exp / "3_feature768").iterdir()) == ["0_0.npy"]
+    assert "1 with NaN features not saved" in report.summary()
+
+
+def one_line(excinfo) -> str:
+    msg = str(excinfo.value)
+    assert "\n" not in msg and "Traceback" not in msg
+    return msg
+
+
+def test_user_errors_are_one_line(tmp_path, hubert_st, rmvpe_pt):
+    exp = tmp_path / "exp"
+    with pytest.raises(RvcMlxError) as e:
+        F.extract_features(exp, hubert_st, "v2")
+    assert "1_16k_wavs" in one_line(e) and "not found" in one_line(e)
+    (exp / "1_16k_wavs").mkdir(parents=True)
+    (exp / "1_16k_wavs" / "notes.txt").write_text("x")
+    with pytest.raises(RvcMlxError) as e:
+        F.extract_features(exp, hubert_st, "v2")
+    assert "no .wav segments" in one_line(e)
+    sf.write(str(exp / "1_16k_wavs" / "0_0.wav"), speech_like(0.3, 1), 16000, subtype="FLOAT")
+    with pytest.raises(RvcMlxError) as e:
+        F.extract_features(exp, tmp_path / "missing_hubert.pt", "v2")
+    assert "missing_hubert.pt" in one_line(e)
+    with pytest.raises(RvcMlxError) as e:
+        F.extract_features(exp, hubert_st, "v2", rmvpe_path=tmp_path / "missing_rmvpe.pt")
+    assert "missing_rmvpe.pt" in one_line(e)
+    with pytest.raises(RvcMlxError) as e:
+        F.extract_features(exp, hubert_st, "v3")
+    assert "v3" in one_line(e)
+    with pytest.raises(RvcMlxError) as e:
+        F.extract_features(exp, hubert_st, "v2", f0_method="nope")
+    assert "nope" in one_line(e)
+    sf.write(str(exp / "1_16k_wavs" / "0_1.wav"), speech_like(0.3, 1), 44100, subtype="FLOAT")
+    with pytest.raises(RvcMlxError) as e:
+        F.extract_features(exp, hubert_st, "v2", f0_method=None)
+    assert "0_1.wav" in one_line(e) and "44100" in one_line(e)
+    (exp / "1_16k_wavs" / "0_1.wav").write_bytes(b"RIFF not really a wav")
+    with pytest.raises(RvcMlxError) as e:
+        F.extract_features(exp, hubert_st, "v2", f0_method=None)
+    assert "0_1.wav" in one_line(e)
+    sf.write(str(exp / "1_16k_wavs" / "0_1.wav"), speech_like(0.3, 1)[:300], 16000, subtype="FLOAT")
+    with pytest.raises(RvcMlxError) as e:
+        F.extract_features(exp, hubert_st, "v2", f0_method=None)
+    assert "0_1.wav" in one_line(e) and "too short" in one_line(e)
