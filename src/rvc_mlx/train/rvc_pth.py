@@ -42,7 +42,7 @@ import numpy as np
 from ..atomic import atomic_write
 from ..convert.common import LAYOUTS, layout_of
 from ..convert.rvc import DROP, FEATURE_DIMS, HIFIGAN_RULES, RULES, SAMPLE_RATE_NAMES, convert_voice
-from ..errors import ConversionError, DiskFullError, InputError, OutputError
+from ..errors import ConversionError, DiskFullError, FormatError, InputError, OutputError
 
 # -- PyTorch's zip checkpoint format ----------------------------------------------------------------------------
 
@@ -433,6 +433,9 @@ def rvc_checkpoint(weights: dict[str, np.ndarray], config: dict, info: str | Non
     version = config.get("version")
     if version not in FEATURE_DIMS:
         raise ConversionError(f"voice config version {version!r} is not v1 or v2")
+    if "sample_rate" not in config:
+        raise ConversionError("voice config lacks sample_rate")
+    _sample_rate_name(int(config["sample_rate"]))
     if "emb_g.weight" not in weights:
         raise ConversionError("weights lack emb_g.weight; not a voice")
     n_speakers = int(np.shape(weights["emb_g.weight"])[0])
@@ -453,7 +456,7 @@ def rvc_checkpoint(weights: dict[str, np.ndarray], config: dict, info: str | Non
     embedder = config.get("embedder", DEFAULT_EMBEDDER)
     if embedder != DEFAULT_EMBEDDER:
         ckpt["embedder_model"] = str(embedder)
-    _, back = convert_voice(ckpt, "exported voice")
+    _, back = convert_voice(ckpt, "the RVC checkpoint read back")
     differ = [k for k in _ROUND_TRIP_FIELDS if k in full and back[k] != full[k]]
     if differ:
         raise ConversionError(
@@ -471,7 +474,6 @@ def export_voice(voice: str | os.PathLike, out: str | os.PathLike, info: str | N
                  dtype: str = "float16") -> dict:
     """A converted rvc-mlx voice (``.safetensors``) back to an RVC-format ``.pth`` that RVC, Applio and rvc-mlx
     load. Returns the written checkpoint's metadata (everything but ``weight``)."""
-    from ..errors import FormatError
     from ..store import load_numpy
 
     voice = Path(voice)
