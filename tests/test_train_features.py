@@ -131,10 +131,15 @@ def cached(ref_cache, key: str, compute) -> np.ndarray:
     return out
 
 
-def rvc_features(torch_hubert, path, version, ref_cache) -> np.ndarray:
-    """The reference features of the segment at ``path`` (cached by its content digest)."""
+def sample_digest(path) -> str:
+    """Digest of a wav's samples (not its bytes: libsndfile stamps the time into float wavs' PEAK chunk)."""
     import hashlib
 
+    return hashlib.sha256(sf.read(str(path), dtype="float32")[0].tobytes()).hexdigest()[:16]
+
+
+def rvc_features(torch_hubert, path, version, ref_cache) -> np.ndarray:
+    """The reference features of the segment at ``path`` (cached by its content digest)."""
     def compute():
         model, final_proj = torch_hubert()
         with torch.no_grad():
@@ -142,20 +147,18 @@ def rvc_features(torch_hubert, path, version, ref_cache) -> np.ndarray:
             out = final_proj(hs[9]) if version == "v1" else hs[12]
         return out.squeeze(0).float().numpy()
 
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    digest = sample_digest(path)
     return cached(ref_cache, f"hubert_v{H.REFERENCE_VERSION}_{version}_{digest}", compute)
 
 
 def rvc_rmvpe(torch_rmvpe, path, ref_cache) -> np.ndarray:
     """rvc's ``infer_from_audio(x, thred=0.03)`` of the segment at ``path`` (cached by its content digest)."""
-    import hashlib
-
     def compute():
         x, _ = sf.read(str(path), dtype="float32")
         with torch.no_grad():
             return torch_rmvpe().infer_from_audio(x, thred=THRESHOLD)
 
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    digest = sample_digest(path)
     return cached(ref_cache, f"rmvpe_v{RMVPE_BUILD}_{digest}", compute)
 
 
@@ -336,7 +339,8 @@ def one_line(excinfo) -> str:
     return msg
 
 
-def test_user_errors_are_one_line(tmp_path, hubert_st, rmvpe_pt):
+def test_user_errors_are_one_line(tmp_path, hubert_st):
+    """Each error stops the run before any model is loaded (the bad segment sorts first)."""
     exp = tmp_path / "exp"
     with pytest.raises(RvcMlxError) as e:
         F.extract_features(exp, hubert_st, "v2")
@@ -346,7 +350,7 @@ def test_user_errors_are_one_line(tmp_path, hubert_st, rmvpe_pt):
     with pytest.raises(RvcMlxError) as e:
         F.extract_features(exp, hubert_st, "v2")
     assert "no .wav segments" in one_line(e)
-    sf.write(str(exp / "1_16k_wavs" / "0_0.wav"), speech_like(0.3, 1), 16000, subtype="FLOAT")
+    sf.write(str(exp / "1_16k_wavs" / "1_0.wav"), speech_like(0.3, 1), 16000, subtype="FLOAT")
     with pytest.raises(RvcMlxError) as e:
         F.extract_features(exp, tmp_path / "missing_hubert.pt", "v2")
     assert "missing_hubert.pt" in one_line(e)

@@ -148,6 +148,33 @@ def _f0_options(f0_method: str, rmvpe_path, crepe_path, fcpe_path):
     return F0Options(rmvpe_path=paths["rmvpe"], crepe_path=paths["crepe"], fcpe_path=paths["fcpe"])
 
 
+def _extract_one(exp: Path, wav: Path, version: str, f0_method: str | None, models: _Models,
+                 report: FeaturesReport) -> None:
+    """The outputs of one segment that are missing (see :func:`extract_features`)."""
+    from ..f0.postprocess import coarse
+
+    feat_path, coarse_path, f0_path = output_paths(exp, wav.name, version)
+    need_f0 = bool(f0_method) and not (coarse_path.exists() and f0_path.exists())
+    need_feats = not feat_path.exists()
+    audio = read_segment(wav) if (need_f0 or need_feats) else None
+    if need_f0:
+        f0 = models.f0(audio)
+        save_npy(f0_path, f0.astype(np.float32))
+        save_npy(coarse_path, coarse(f0).astype(np.int64))  # RVC: np.rint(...).astype(int)
+        report.f0_written += 1
+    elif f0_method:
+        report.f0_skipped += 1
+    if need_feats:
+        feats = models.features(audio, wav)
+        if np.isnan(feats).any():
+            report.nan_features.append(feat_path.stem)
+        else:
+            save_npy(feat_path, feats)
+            report.features_written += 1
+    else:
+        report.features_skipped += 1
+
+
 def extract_features(exp_dir: str | os.PathLike, hubert_path: str | os.PathLike | None, version: str, *,
                      f0_method: str | None = "rmvpe", rmvpe_path: str | os.PathLike | None = None,
                      crepe_path: str | os.PathLike | None = None, fcpe_path: str | os.PathLike | None = None,
@@ -184,28 +211,10 @@ def extract_features(exp_dir: str | os.PathLike, hubert_path: str | os.PathLike 
         (exp / F0_DIR).mkdir(parents=True, exist_ok=True)
 
     for i, wav in enumerate(wavs):
-        feat_path, coarse_path, f0_path = output_paths(exp, wav.name, version)
-        need_f0 = bool(f0_method) and not (coarse_path.exists() and f0_path.exists())
-        need_feats = not feat_path.exists()
-        audio = read_segment(wav) if (need_f0 or need_feats) else None
-        if f0_method and not need_f0:
-            report.f0_skipped += 1
-        if need_f0:
-            from ..f0.postprocess import coarse
-
-            f0 = models.f0(audio)
-            save_npy(f0_path, f0.astype(np.float32))
-            save_npy(coarse_path, coarse(f0).astype(np.int64))  # RVC: np.rint(...).astype(int)
-            report.f0_written += 1
-        if need_feats:
-            feats = models.features(audio, wav)
-            if np.isnan(feats).any():
-                report.nan_features.append(feat_path.stem)
-            else:
-                save_npy(feat_path, feats)
-                report.features_written += 1
-        else:
-            report.features_skipped += 1
+        try:
+            _extract_one(exp, wav, version, f0_method, models, report)
+        except AudioError as e:  # an estimator's or HuBERT's complaint about the audio: name the segment
+            raise e if str(wav) in str(e) else type(e)(f"{wav}: {e}") from None
         if progress is not None:
             progress(PROGRESS_STAGE, (i + 1) / len(wavs))
     report.seconds = time.perf_counter() - start
