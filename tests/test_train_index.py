@@ -241,3 +241,48 @@ def test_bad_input_is_one_clear_line(tmp_path):
         I.build_index(tmp_path, "voice", "v2")
     assert "0_1.npy" in one_line(e) and "NaN" in one_line(e)
     assert not list(tmp_path.glob("*.index"))
+
+
+@pytest.mark.slow
+def test_features_to_index_to_conversion(tmp_path, ref_cache, monkeypatch):
+    """The whole chain on real (random-weight) HuBERT features: features step -> index step -> a conversion
+    that loads the index and is moved by it."""
+    import soundfile as sf
+
+    from rvc_mlx import store
+    from rvc_mlx.convert import convert_file
+    from rvc_mlx.pipeline import ConversionOptions, VoiceConverter
+    from rvc_mlx.service.models import resolve_base_model
+    from rvc_mlx.train.features import extract_features
+    from tests.reference import hubert_models, rvc_models
+    from tests.reference.rmvpe_models import speech_like
+
+    monkeypatch.setenv("RVC_MLX_HOME", str(ref_cache / "train_features_home"))
+    hubert = resolve_base_model(hubert_models.ensure_reference(ref_cache) / hubert_models.FAIRSEQ_FILE, "hubert")
+    variant = next(v for v in rvc_models.VARIANTS if v.name == "v1-32k-nof0")
+    voice = tmp_path / "voice.safetensors"
+    store.save(voice, *convert_file(rvc_models.checkpoint_path(ref_cache, variant)))
+    exp = tmp_path / "exp"
+    (exp / "1_16k_wavs").mkdir(parents=True)
+    for i in range(3):
+        sf.write(str(exp / "1_16k_wavs" / f"0_{i}.wav"), speech_like(1.5, 10 + i), 16000, subtype="FLOAT")
+    extract_features(exp, hubert, "v1", f0_method=None)
+    path = I.build_index(exp, "voice", "v1")
+    assert path.name == "added_IVF5_Flat_nprobe_1_voice_v1.index"  # 3 x 74 frames: min(238, 222 // 39)
+    audio = speech_like(1.2, 99)
+    vc = VoiceConverter.load(voice, hubert=hubert, index=path)
+    with_index, sr = vc.convert(audio, 16000, ConversionOptions(deterministic=True, index_rate=0.75))
+    without, _ = vc.convert(audio, 16000, ConversionOptions(deterministic=True, index_rate=0.0))
+    assert sr == 32000 and np.isfinite(with_index).all()
+    assert np.abs(with_index - without).max() > 0.01
+
+
+def test_full_disk_is_one_line_and_leaves_nothing(tmpfs):
+    from rvc_mlx.errors import DiskFullError
+
+    exp = tmpfs("64k")
+    write_features(exp, "v1", rows=(45,))  # 46 KB of features; the index needs as much again
+    with pytest.raises(DiskFullError) as e:
+        I.build_index(exp, "voice", "v1")
+    assert "added_IVF1_Flat_nprobe_1_voice_v1.index" in one_line(e)
+    assert sorted(p.name for p in exp.iterdir()) == ["3_feature256"]

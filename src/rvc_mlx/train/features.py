@@ -32,7 +32,7 @@ from typing import Callable
 import numpy as np
 
 from ..atomic import atomic_write
-from ..errors import AudioError, InputError
+from ..errors import AudioError, DiskFullError, InputError, OutputError
 
 SAMPLE_RATE = 16000  # the 16 kHz segments both HuBERT and every F0 estimator read
 WAVS_16K = "1_16k_wavs"
@@ -105,6 +105,18 @@ def read_segment(path: Path) -> np.ndarray:
     return data.astype(np.float32, copy=False)
 
 
+def write_output(path: Path, write: Callable[[str], None]) -> None:
+    """``atomic_write(path, write)`` with a failing file system as a one-line ``OutputError``
+    (``DiskFullError`` for a full device or quota); nothing is left behind."""
+    from ..audio import DISK_FULL_ERRNOS
+
+    try:
+        atomic_write(path, write)
+    except OSError as e:
+        kind = DiskFullError if e.errno in DISK_FULL_ERRNOS else OutputError
+        raise kind(f"{path}: cannot write ({e.strerror or e})") from None
+
+
 def save_npy(path: Path, array: np.ndarray) -> None:
     """``np.save`` atomically (no pickles)."""
 
@@ -112,7 +124,7 @@ def save_npy(path: Path, array: np.ndarray) -> None:
         with open(tmp, "wb") as f:
             np.save(f, array, allow_pickle=False)
 
-    atomic_write(path, write)
+    write_output(path, write)
 
 
 class _Models:

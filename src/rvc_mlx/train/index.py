@@ -35,9 +35,8 @@ from typing import Callable
 
 import numpy as np
 
-from ..atomic import atomic_write
 from ..errors import FormatError, InputError
-from .features import FEATURE_DIMS, FEATURE_DIRS, NPY_SUFFIX, save_npy
+from .features import FEATURE_DIMS, FEATURE_DIRS, NPY_SUFFIX, save_npy, write_output
 
 KMEANS_THRESHOLD = 200_000  # RVC: more feature rows than this are reduced to k-means centroids
 KMEANS_CENTROIDS = 10_000
@@ -170,6 +169,16 @@ def kmeans_centroids(x: np.ndarray, k: int, seed: int, batch_size: int = KMEANS_
     return centers
 
 
+def _write_index(index, tmp: str) -> None:
+    """The index's bytes (``faiss.serialize_index``: the same bytes ``faiss.write_index`` writes) into ``tmp``,
+    written by Python so that a full disk is an ``OSError`` with its errno (faiss's writer only says it failed)."""
+    import faiss
+
+    data = faiss.serialize_index(index)
+    with open(tmp, "wb") as f:
+        f.write(memoryview(data))
+
+
 def _remove_stale(exp: Path, keep: Path, name: str, version: str) -> list[Path]:
     pattern = re.compile(rf"{INDEX_PREFIX}IVF\d+_Flat_nprobe_{NPROBE}_{re.escape(name)}_{version}\.index")
     removed = []
@@ -218,7 +227,7 @@ def build_index(exp_dir: str | os.PathLike, name: str, version: str, *, seed: in
             index.add(big[start : start + ADD_BATCH])
             report("add", min(start + ADD_BATCH, big.shape[0]) / big.shape[0])
         path = exp / index_name(n_ivf, name, version)
-        atomic_write(path, lambda tmp: faiss.write_index(index, tmp))
+        write_output(path, lambda tmp: _write_index(index, tmp))
     finally:
         faiss.omp_set_num_threads(threads)
     if save_total:
