@@ -17,8 +17,9 @@ The semantics are RVC WebUI's dataset preprocessing (``PreProcess.pipeline``), c
 
 ``{file}`` is the file's index among the dataset's files sorted by name (hidden files and subfolders are not read),
 ``{segment}`` counts the segments cut from that file (a filtered segment keeps its number, so names do not depend
-on the filter). RVC's own loop numbers the last segment of a slice one too high, so the first segment of the next
-slice overwrites it (the slice's tail is lost); here every segment gets its own number, as in Applio.
+on the filter). RVC's own loop numbers the last segment of a slice one too high, so a following slice longer than
+4 s overwrites it with its first segment (the tail is lost: about one segment in five on test takes); here every
+segment gets its own number, as in Applio.
 
 What rvc-mlx adds: a report of what was skipped and why (:class:`PrepareReport`); files that are silent (digital
 silence, or no slicer frame reaching the threshold) are skipped rather than written as a scrap of amplified
@@ -329,6 +330,15 @@ def _write_manifest(exp: Path, sr: int, records: dict) -> None:
         raise OutputError(f"{exp / MANIFEST}: cannot write ({e.strerror or type(e).__name__})") from None
 
 
+def _valid_record(rec) -> bool:
+    """A manifest record as :func:`_prepare_file` writes it (a hand-edited or damaged one is redone)."""
+    return (isinstance(rec, dict) and isinstance(rec.get("outputs"), list)
+            and all(isinstance(o, str) for o in rec["outputs"])
+            and isinstance(rec.get("skipped"), list)
+            and all(isinstance(k, list) and len(k) == 3 for k in rec["skipped"])
+            and isinstance(rec.get("seconds"), (int, float)) and isinstance(rec.get("index"), int))
+
+
 def _signature(path: Path, idx0: int) -> dict:
     st = path.stat()
     return {"index": idx0, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
@@ -447,7 +457,7 @@ def prepare(dataset_dir: str | os.PathLike, exp_dir: str | os.PathLike, sample_r
             signature = None
             detail = f"{path.name}: cannot read ({e.strerror or type(e).__name__})"
         rec = old.get(path.name) if signature is not None else None
-        done = (isinstance(rec, dict)
+        done = (_valid_record(rec)
                 and all(rec.get(k) == v for k, v in signature.items())
                 and all(set(rec.get("outputs", ())) <= p.get(idx0, set()) for p in present))
         if done:
