@@ -25,8 +25,7 @@ from rvc_mlx.errors import ConversionError, FormatError, InputError, OutputError
 from rvc_mlx.models.synthesizer import Synthesizer
 from rvc_mlx.store import save
 from rvc_mlx.train import rvc_pth
-from rvc_mlx.train.rvc_pth import (export_voice, rvc_checkpoint, rvc_state_dict, save_rvc_pth, save_torch,
-                                   write_torch)
+from rvc_mlx.train.rvc_pth import export_voice, rvc_state_dict, save_rvc_pth, save_torch, write_torch
 from tests.reference import rvc_models as R
 
 MIN_CORR = 0.9999
@@ -123,6 +122,8 @@ def test_writer_zip_layout(tmp_path):
     assert buf.getvalue() == raw
     t = torch.load(path, weights_only=True)["a"]
     assert t.stride() == (3, 1) and t.is_contiguous()
+    mapped = torch.load(path, weights_only=True, mmap=True)  # storages mapped straight from the aligned records
+    assert torch.equal(mapped["a"], t) and torch.equal(mapped["b"], torch.zeros(5, dtype=torch.int64))
 
 
 def test_writer_shares_one_storage_for_one_array(tmp_path):
@@ -183,8 +184,8 @@ def voices(ref_cache, tmp_path_factory):
             feats, pitch, f0 = R.make_inputs(variant.feature_dim, FRAMES, seed=INPUT_SEED)
             cache[name] = SimpleNamespace(
                 variant=variant, path=path, weights=weights, config=config, converted=converted, folder=folder,
-                original=R.load_torch_checkpoint(path), inputs=(feats, pitch, f0) if variant.f0 else (feats, None, None),
-                model=None, reference=None, ours=None)
+                original=R.load_torch_checkpoint(path), model=None, reference=None, ours=None,
+                inputs=(feats, pitch, f0) if variant.f0 else (feats, None, None))
         return cache[name]
 
     return get
@@ -363,12 +364,15 @@ def test_float32_export(voices, tmp_path):
 
 
 def test_export_voice_from_converted_file(voices, tmp_path):
-    """The library entry: a converted .safetensors (float32 or float16 storage) back to the same .pth bytes."""
+    """The library entry: a converted .safetensors (float32 or float16 storage) back to an RVC .pth."""
     v = voices(FAULT_CASE)
     meta = export_voice(v.converted, tmp_path / "a.pth")
     assert meta == {"config": v.original["config"], "info": "20epoch", "sr": "40k", "f0": 1, "version": "v2"}
-    save_rvc_pth(tmp_path / "b.pth", v.weights, v.config)
-    assert (tmp_path / "a.pth").read_bytes() == (tmp_path / "b.pth").read_bytes()
+    state = rvc_state_dict(v.weights)
+    written = torch.load(tmp_path / "a.pth", weights_only=True)["weight"]
+    assert list(written) == list(state)
+    for k, a in state.items():
+        np.testing.assert_array_equal(written[k].numpy(), a, err_msg=k)
     half = tmp_path / "half.safetensors"
     save(half, v.weights, v.config, dtype="float16")
     export_voice(half, tmp_path / "c.pth", info="from half")

@@ -404,7 +404,8 @@ def _check_shapes(weights: dict[str, np.ndarray], config: dict) -> None:
 
     from ..models.synthesizer import Synthesizer, SynthesizerConfig
 
-    expected = {k: tuple(v.shape) for k, v in tree_flatten(Synthesizer(SynthesizerConfig.from_dict(config)).parameters())}
+    model = Synthesizer(SynthesizerConfig.from_dict(config))  # parameters stay lazy: only their shapes are read
+    expected = {k: tuple(v.shape) for k, v in tree_flatten(model.parameters())}
     given = {}
     for key, value in weights.items():
         if any(p.fullmatch(key) for p in _DROPPED) or key.endswith(".weight_g"):
