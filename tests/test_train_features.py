@@ -57,10 +57,17 @@ def rmvpe_pt(ref_cache, home):
 
 @pytest.fixture(scope="module")
 def hubert_st(hubert_pt):
-    """The converted HuBERT (resolving the .pt hashes 360 MB on every call; the v2 run tests that path)."""
+    """The converted HuBERT, kept in the reference cache (resolving the .pt hashes its 360 MB on every call; the
+    v2 run takes that path)."""
+    import shutil
+
     from rvc_mlx.service.models import resolve_base_model
 
-    return resolve_base_model(hubert_pt, "hubert")
+    path = hubert_pt.parent / f"train_features_hubert_v{H.REFERENCE_VERSION}.safetensors"
+    if not path.exists():
+        shutil.copy(resolve_base_model(hubert_pt, "hubert"), path.with_suffix(".tmp"))
+        path.with_suffix(".tmp").replace(path)
+    return path
 
 
 class _Lazy:
@@ -307,11 +314,11 @@ def test_seeded_fault_wrong_layer_fails_the_tolerance(tmp_path, hubert_st, torch
     """v2 features taken from layer 9 instead of 12 must fail the parity check by far."""
     from rvc_mlx.models import hubert as mlx_hubert
 
-    exp = make_exp(tmp_path, {"0_0": SEGMENTS["0_0"]})
+    exp = make_exp(tmp_path, {"1_0": SEGMENTS["1_0"]})
     monkeypatch.setitem(mlx_hubert.RVC_LAYERS, "v2", (9, False))
     F.extract_features(exp, hubert_st, "v2", f0_method=None)
-    want = rvc_features(torch_hubert, exp / "1_16k_wavs" / "0_0.wav", "v2", ref_cache)
-    corr, max_abs = compare_features(np.load(exp / "3_feature768" / "0_0.npy"), want)
+    want = rvc_features(torch_hubert, exp / "1_16k_wavs" / "1_0.wav", "v2", ref_cache)
+    corr, max_abs = compare_features(np.load(exp / "3_feature768" / "1_0.npy"), want)
     print(f"seeded fault (v2 from layer 9): corr {corr:.4f} max-abs {max_abs:.3f}")
     assert corr < FEATURE_CORR and max_abs > 100 * FEATURE_MAX_ABS
     assert sorted(p.name for p in exp.iterdir()) == ["1_16k_wavs", "3_feature768"]  # no f0 folders without f0
