@@ -256,6 +256,8 @@ def _to_torch_layout(array: np.ndarray, layout: str, key: str) -> np.ndarray:
         perm = [n - 2 for n in LAYOUTS[layout](probe).shape]
     except ValueError:
         raise ConversionError(f"{key}: shape {array.shape} is not an MLX-layout {layout} weight") from None
+    if sorted(perm) != list(range(array.ndim)):  # e.g. a layout that also drops an axis: not invertible here
+        raise ConversionError(f"{key}: layout {layout} is not an axis permutation; cannot write it for RVC")
     return np.ascontiguousarray(array.transpose(np.argsort(perm)))
 
 
@@ -285,7 +287,8 @@ def _check_finite(key: str, array: np.ndarray, dtype: str) -> None:
 def rvc_state_dict(weights: dict[str, np.ndarray], dtype: str = "float16") -> dict[str, np.ndarray]:
     """RVC's inference state dict (torch layout, ``dtype``) from a voice's parameters in MLX layout.
 
-    ``weights``: the names of :func:`rvc_mlx.convert.rvc.convert_voice`'s output. A weight-normed module (see
+    ``weights``: the names of :func:`rvc_mlx.convert.rvc.convert_voice`'s output (numpy or MLX arrays, as
+    ``rvc_mlx.train.nets.training_params`` gives them). A weight-normed module (see
     ``WEIGHT_NORMED``) may come fused (``<m>.weight``: written as an exact re-parametrisation) or as the
     trainer's pair ``<m>.weight_v`` (MLX layout, like the weight) + ``<m>.weight_g`` (one magnitude per channel
     of torch's weight-norm dim 0 -- a conv's output channels, a transposed conv's input channels -- in any shape
