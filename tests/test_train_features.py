@@ -324,7 +324,7 @@ def test_seeded_fault_wrong_layer_fails_the_tolerance(tmp_path, hubert_st, torch
     assert sorted(p.name for p in exp.iterdir()) == ["1_16k_wavs", "3_feature768"]  # no f0 folders without f0
 
 
-def test_nan_features_are_not_saved_and_reported(tmp_path, hubert_st, monkeypatch):
+def test_nan_features_are_not_saved_and_harvest_f0_is_rvcs(tmp_path, hubert_st, monkeypatch):
     exp = make_exp(tmp_path, {"0_0": (0.5, 1), "0_1": (0.5, 2)})
 
     def fake(self, audio, source):
@@ -334,10 +334,22 @@ def test_nan_features_are_not_saved_and_reported(tmp_path, hubert_st, monkeypatc
         return out
 
     monkeypatch.setattr(F._Models, "features", fake)
-    report = F.extract_features(exp, hubert_st, "v2", f0_method=None)
+    report = F.extract_features(exp, hubert_st, "v2", f0_method="harvest")
     assert report.nan_features == ["0_1"] and report.features_written == 1 and report.segments == 2
     assert sorted(p.name for p in (exp / "3_feature768").iterdir()) == ["0_0.npy"]
     assert "1 with NaN features not saved" in report.summary()
+    # F0 is its own output (RVC: its own step), written for both; harvest as RVC's training extracts it:
+    # pyworld harvest + stonemask, 10 ms, 50..1100 Hz, and no median filter (that is an inference option)
+    import pyworld
+
+    for n in ("0_0", "0_1"):
+        x, _ = sf.read(str(exp / "1_16k_wavs" / f"{n}.wav"))
+        f0, t = pyworld.harvest(x.astype(np.double), fs=16000, f0_ceil=1100.0, f0_floor=50.0, frame_period=10.0)
+        want = pyworld.stonemask(x.astype(np.double), f0, t, 16000)
+        got = np.load(exp / "2b-f0nsf" / f"{n}.wav.npy")
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+        assert (want > 0).mean() > 0.3
+        np.testing.assert_array_equal(np.load(exp / "2a_f0" / f"{n}.wav.npy"), rvc_coarse(got))
 
 
 def one_line(excinfo) -> str:
