@@ -13,11 +13,11 @@ Choices (RVC's behaviour where it has one):
   same permutation RVC makes after ``np.random.seed(seed)``, and the same index on every run with one seed.
 - K-means: RVC uses sklearn's ``MiniBatchKMeans(init="random")``; sklearn is not a runtime dependency, so
   :func:`kmeans_centroids` is our own mini-batch k-means in numpy, the same method (measured at batch 512: inertia
-  within 1 % of sklearn's on the same data, tests/test_train_index.py). The batch is fixed at 512 rows (RVC:
-  256 per CPU), so every machine builds the same index; at larger batches (2048) sklearn's run was measured 8-17 %
-  better than ours, so the batch where the two agree is the one used. faiss's Lloyd k-means (``faiss.Kmeans``) was
-  measured too: ~3 % lower inertia, but every iteration passes over all N rows, about 10x the work of the
-  mini-batch run at RVC's size (≥ 200 000 × 768 rows, 10 000 centroids: tens of minutes on 2 cores).
+  0.98-1.01x sklearn's on the same data, tests/test_train_index.py). The batch is fixed at 512 rows (RVC: 256 per
+  CPU), so every machine builds the same index; at batch 2048 sklearn's inertia was 17 % lower than ours on one
+  case, so the batch where the two agree is the one used. faiss's Lloyd k-means (``faiss.Kmeans``) was tried
+  too: ~3 % lower inertia on one case, but every iteration passes over all N rows (at RVC's size, ≥ 200 000 × 768
+  rows and 10 000 centroids, ~3·10¹² multiply-adds per iteration), several times the work of the mini-batch run.
 - Only the ``added_`` index is written. RVC also writes ``trained_...index`` (the same IVF index with no vectors:
   no use for inference, and an easy wrong pick) and ``total_fea.npy`` (the matrix the index holds, N × D float32,
   which RVC's own inference no longer reads): ``save_total=True`` writes that too. An older ``added_`` index of the
