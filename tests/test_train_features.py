@@ -111,7 +111,7 @@ def v2_exp(tmp_path_factory, hubert_pt, rmvpe_pt):
     exp = make_exp(tmp_path_factory.mktemp("v2"))
     calls = []
     report = F.extract_features(exp, hubert_pt, "v2", rmvpe_path=rmvpe_pt,
-                                progress=lambda stage, frac: calls.append((stage, frac)))
+                                progress=lambda done, total, name: calls.append((done, total, name)))
     return exp, report, calls
 
 
@@ -202,7 +202,7 @@ def test_layout_and_names_are_rvcs(v2_exp):
     assert sorted(p.name for p in exp.iterdir()) == ["1_16k_wavs", "2a_f0", "2b-f0nsf", "3_feature768"]
     assert (report.segments, report.features_written, report.f0_written) == (3, 3, 3)
     assert (report.features_skipped, report.f0_skipped, report.nan_features) == (0, 0, [])
-    assert calls == [("features", (i + 1) / 3) for i in range(3)]
+    assert calls == [(i + 1, 3, f"{n}.wav") for i, n in enumerate(names)]
     for n in names:
         feats = np.load(exp / "3_feature768" / f"{n}.npy")
         assert feats.dtype == np.float32 and feats.ndim == 2 and feats.shape[1] == 768

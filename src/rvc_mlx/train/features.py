@@ -42,7 +42,7 @@ FEATURE_DIRS = {"v1": "3_feature256", "v2": "3_feature768"}
 FEATURE_DIMS = {"v1": 256, "v2": 768}
 WAV_SUFFIX = ".wav"
 NPY_SUFFIX = ".npy"
-PROGRESS_STAGE = "features"  # progress(stage, fraction) reports this stage once per segment
+Progress = Callable[[int, int, str], None]  # (done, total, segment name), the train steps' shared signature
 
 
 @dataclass
@@ -190,7 +190,7 @@ def _extract_one(exp: Path, wav: Path, version: str, f0_method: str | None, mode
 def extract_features(exp_dir: str | os.PathLike, hubert_path: str | os.PathLike | None, version: str, *,
                      f0_method: str | None = "rmvpe", rmvpe_path: str | os.PathLike | None = None,
                      crepe_path: str | os.PathLike | None = None, fcpe_path: str | os.PathLike | None = None,
-                     progress: Callable[[str, float], None] | None = None) -> FeaturesReport:
+                     progress: Progress | None = None) -> FeaturesReport:
     """Extract the content features (and, unless ``f0_method`` is None, the F0) of every segment in
     ``exp_dir/1_16k_wavs`` into RVC's folders (see the module docstring); segments already done are skipped.
 
@@ -198,8 +198,8 @@ def extract_features(exp_dir: str | os.PathLike, hubert_path: str | os.PathLike 
     ``.safetensors``, fairseq ``hubert_base.pt``, transformers folder, or a downloaded model's name); None: the
     downloaded default embedder. ``version``: "v1" (256-d) or "v2" (768-d). ``f0_method``: any registered f0
     method (``rvc_mlx.f0.known_methods()``); rmvpe/crepe/fcpe take their model from ``rmvpe_path`` /
-    ``crepe_path`` / ``fcpe_path`` or the models directory. ``progress(stage, fraction)`` is called with
-    stage "features" after every segment. Raises one-line ``RvcMlxError``s (no segments, a base model missing,
+    ``crepe_path`` / ``fcpe_path`` or the models directory. ``progress(done, total, segment_name)`` is called
+    after every segment. Raises one-line ``RvcMlxError``s (no segments, a base model missing,
     a segment that is not 16 kHz audio) and stops there; outputs written so far are kept."""
     from ..service.models import resolve_base_model
 
@@ -228,6 +228,6 @@ def extract_features(exp_dir: str | os.PathLike, hubert_path: str | os.PathLike 
         except AudioError as e:  # an estimator's or HuBERT's complaint about the audio: name the segment
             raise e if str(wav) in str(e) else type(e)(f"{wav}: {e}") from None
         if progress is not None:
-            progress(PROGRESS_STAGE, (i + 1) / len(wavs))
+            progress(i + 1, len(wavs), wav.name)
     report.seconds = time.perf_counter() - start
     return report

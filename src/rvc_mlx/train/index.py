@@ -31,12 +31,11 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from ..errors import FormatError, InputError
-from .features import FEATURE_DIMS, FEATURE_DIRS, NPY_SUFFIX, save_npy, write_output
+from .features import FEATURE_DIMS, FEATURE_DIRS, NPY_SUFFIX, Progress, save_npy, write_output
 
 KMEANS_THRESHOLD = 200_000  # RVC: more feature rows than this are reduced to k-means centroids
 KMEANS_CENTROIDS = 10_000
@@ -102,7 +101,7 @@ def load_features(exp_dir: str | os.PathLike, version: str, progress=None) -> np
     for i, path in enumerate(files):
         arrays.append(load_feature_file(path, FEATURE_DIMS[version]))
         if progress is not None:
-            progress("load", (i + 1) / len(files))
+            progress(i + 1, len(files), "load")
     return np.concatenate(arrays, axis=0)
 
 
@@ -191,26 +190,27 @@ def _remove_stale(exp: Path, keep: Path, name: str, version: str) -> list[Path]:
 
 def build_index(exp_dir: str | os.PathLike, name: str, version: str, *, seed: int = 0,
                 kmeans_threshold: int = KMEANS_THRESHOLD, n_centroids: int = KMEANS_CENTROIDS,
-                save_total: bool = False, progress: Callable[[str, float], None] | None = None) -> Path:
+                save_total: bool = False, progress: Progress | None = None) -> Path:
     """Build RVC's retrieval index over ``exp_dir``'s ``version`` features (see the module docstring) and return
     the path of ``exp_dir/added_IVF{n}_Flat_nprobe_1_{name}_{version}.index``, written atomically.
 
     ``seed``: the row shuffle's (and k-means') seed; a fixed seed makes the index reproducible.
     ``kmeans_threshold`` / ``n_centroids``: more rows than the threshold are first reduced to that many k-means
     centroids (RVC: 200 000 / 10 000). ``save_total``: also write ``total_fea.npy`` (the indexed matrix), as RVC
-    does. ``progress(stage, fraction)``: stages "load", "kmeans" (only when it runs), "train", "add", "write".
+    does. ``progress(done, total, stage)``: "load" per feature file, "kmeans" (only when it runs) and "train" as
+    0/1 then 1/1, "add" per batch of rows, "write" 1/1 at the end.
     Raises one-line errors naming the file for missing, unreadable, mixed-dimension or non-finite features."""
     import faiss
 
     if not name or name != Path(name).name or name.startswith("."):
         raise InputError(f"index name must be a plain file name part, got {name!r}")
-    report = progress or (lambda stage, fraction: None)
+    report = progress or (lambda done, total, stage: None)
     exp = Path(exp_dir)
     big = shuffle_rows(load_features(exp, version, progress), seed)
     if big.shape[0] > kmeans_threshold:
-        report("kmeans", 0.0)
+        report(0, 1, "kmeans")
         big = kmeans_centroids(big, n_centroids, seed)
-        report("kmeans", 1.0)
+        report(1, 1, "kmeans")
     n_ivf = n_ivf_for(big.shape[0])
     if n_ivf < 1:
         raise InputError(f"{exp / FEATURE_DIRS[version]}: {big.shape[0]} feature frames in all; an index needs at "
@@ -220,12 +220,13 @@ def build_index(exp_dir: str | os.PathLike, name: str, version: str, *, seed: in
     try:
         index = faiss.index_factory(big.shape[1], f"IVF{n_ivf},Flat")
         faiss.extract_index_ivf(index).nprobe = NPROBE
-        report("train", 0.0)
+        report(0, 1, "train")
         index.train(big)
-        report("train", 1.0)
-        for start in range(0, big.shape[0], ADD_BATCH):
+        report(1, 1, "train")
+        batches = range(0, big.shape[0], ADD_BATCH)
+        for i, start in enumerate(batches):
             index.add(big[start : start + ADD_BATCH])
-            report("add", min(start + ADD_BATCH, big.shape[0]) / big.shape[0])
+            report(i + 1, len(batches), "add")
         path = exp / index_name(n_ivf, name, version)
         write_output(path, lambda tmp: _write_index(index, tmp))
     finally:
@@ -233,5 +234,5 @@ def build_index(exp_dir: str | os.PathLike, name: str, version: str, *, seed: in
     if save_total:
         save_npy(exp / TOTAL_FEATURES, big)
     _remove_stale(exp, path, name, version)
-    report("write", 1.0)
+    report(1, 1, "write")
     return path
