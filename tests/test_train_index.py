@@ -248,7 +248,7 @@ def test_bad_input_is_one_clear_line(tmp_path):
 
 @pytest.mark.slow
 def test_features_to_index_to_conversion(tmp_path, ref_cache, monkeypatch):
-    """The whole chain on real (random-weight) HuBERT features: features step -> index step -> a conversion
+    """The whole chain on real (random-weight) HuBERT features: prepare -> features -> index -> a conversion
     that loads the index and is moved by it."""
     import soundfile as sf
 
@@ -257,6 +257,7 @@ def test_features_to_index_to_conversion(tmp_path, ref_cache, monkeypatch):
     from rvc_mlx.pipeline import ConversionOptions, VoiceConverter
     from rvc_mlx.service.models import resolve_base_model
     from rvc_mlx.train.features import extract_features
+    from rvc_mlx.train.prepare import prepare
     from tests.reference import hubert_models, rvc_models
     from tests.reference.rmvpe_models import speech_like
 
@@ -265,13 +266,15 @@ def test_features_to_index_to_conversion(tmp_path, ref_cache, monkeypatch):
     variant = next(v for v in rvc_models.VARIANTS if v.name == "v1-32k-nof0")
     voice = tmp_path / "voice.safetensors"
     store.save(voice, *convert_file(rvc_models.checkpoint_path(ref_cache, variant)))
-    exp = tmp_path / "exp"
-    (exp / "1_16k_wavs").mkdir(parents=True)
-    for i in range(3):
-        sf.write(str(exp / "1_16k_wavs" / f"0_{i}.wav"), speech_like(1.5, 10 + i), 16000, subtype="FLOAT")
-    extract_features(exp, hubert, "v1", f0_method=None)
+    dataset, exp = tmp_path / "dataset", tmp_path / "exp"
+    dataset.mkdir()
+    sf.write(str(dataset / "take.wav"), speech_like(6.0, 10, sr=32000), 32000)
+    prepare(dataset, exp, 32000)  # step 1 writes the segments steps 2 and 3 read
+    report = extract_features(exp, hubert, "v1", f0_method=None)
+    assert report.features_written == report.segments >= 2
     path = I.build_index(exp, "voice", "v1")
-    assert path.name == "added_IVF5_Flat_nprobe_1_voice_v1.index"  # 3 x 74 frames: min(238, 222 // 39)
+    n = sum(np.load(p).shape[0] for p in (exp / "3_feature256").glob("*.npy"))
+    assert path.name == f"added_IVF{I.n_ivf_for(n)}_Flat_nprobe_1_voice_v1.index"
     audio = speech_like(1.2, 99)
     vc = VoiceConverter.load(voice, hubert=hubert, index=path)
     with_index, sr = vc.convert(audio, 16000, ConversionOptions(deterministic=True, index_rate=0.75))
