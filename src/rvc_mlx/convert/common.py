@@ -21,6 +21,7 @@ LAYOUTS = {
     "conv_transpose1d": lambda w: w.transpose(1, 2, 0),  # (I, O, K) -> (O, K, I)
     "conv2d": lambda w: w.transpose(0, 2, 3, 1),  # (O, I, H, W) -> (O, H, W, I)
     "conv_transpose2d": lambda w: w.transpose(1, 2, 3, 0),  # (I, O, H, W) -> (O, H, W, I)
+    "conv2d_k1": lambda w: w[..., 0].transpose(0, 2, 1),  # (O, I, K, 1) -> (O, K, I): a (K, 1) Conv2d as Conv1d
 }
 
 _WN_SUFFIXES = (

@@ -106,7 +106,8 @@ class LayerNorm(nn.Module):
 
 
 class FFN(nn.Module):
-    """conv(k) -> ReLU -> conv(k), 'same' padding. ``(B, T, C)``."""
+    """conv(k) -> ReLU -> conv(k), 'same' padding. ``(B, T, C)``; ``mask (B, T, 1)`` zeroes padded frames
+    before each conv and at the output (training batches; see ``Encoder``)."""
 
     def __init__(self, channels: int, filter_channels: int, kernel_size: int):
         super().__init__()
@@ -114,14 +115,21 @@ class FFN(nn.Module):
         self.conv_2 = Conv1d(filter_channels, channels, kernel_size)
         self._pad = ((kernel_size - 1) // 2, kernel_size // 2)
 
-    def __call__(self, x: mx.array) -> mx.array:
+    def __call__(self, x: mx.array, mask: mx.array | None = None) -> mx.array:
         pad = [(0, 0), self._pad, (0, 0)]
-        x = mx.maximum(self.conv_1(mx.pad(x, pad)), 0.0)
-        return self.conv_2(mx.pad(x, pad))
+        x = mx.maximum(self.conv_1(mx.pad(_masked(x, mask), pad)), 0.0)
+        return _masked(self.conv_2(mx.pad(_masked(x, mask), pad)), mask)
+
+
+def _masked(x: mx.array, mask: mx.array | None) -> mx.array:
+    return x if mask is None else x * mask
 
 
 class Encoder(nn.Module):
-    """Post-LN transformer: ``x = LN(x + attn(x)); x = LN(x + ffn(x))`` per layer. ``(B, T, C)``."""
+    """Post-LN transformer: ``x = LN(x + attn(x)); x = LN(x + ffn(x))`` per layer. ``(B, T, C)``.
+
+    ``mask (B, T, 1)``: 1 on real frames, 0 on the padding of a training batch (None: every frame is real).
+    With it, each item of a padded batch gives what it gives alone."""
 
     def __init__(self, hidden: int, filter_channels: int, n_heads: int, n_layers: int, kernel_size: int):
         super().__init__()
@@ -130,15 +138,17 @@ class Encoder(nn.Module):
         self.ffn_layers = [FFN(hidden, filter_channels, kernel_size) for _ in range(n_layers)]
         self.norm_layers_2 = [LayerNorm(hidden) for _ in range(n_layers)]
 
-    def __call__(self, x: mx.array) -> mx.array:
+    def __call__(self, x: mx.array, mask: mx.array | None = None) -> mx.array:
+        x = _masked(x, mask)
         for attn, n1, ffn, n2 in zip(self.attn_layers, self.norm_layers_1, self.ffn_layers, self.norm_layers_2):
-            x = n1(x + attn(x))
-            x = n2(x + ffn(x))
-        return x
+            x = n1(x + attn(x, mask))
+            x = n2(x + ffn(x, mask))
+        return _masked(x, mask)
 
 
 class TextEncoder(nn.Module):
-    """features ``(B, T, feature_dim)`` (+ coarse pitch ``(B, T)``) -> ``m_p, logs_p`` ``(B, T, inter)``."""
+    """features ``(B, T, feature_dim)`` (+ coarse pitch ``(B, T)``) -> ``m_p, logs_p`` ``(B, T, inter)``;
+    ``mask (B, T, 1)`` for padded training batches."""
 
     def __init__(self, cfg: SynthesizerConfig):
         super().__init__()
@@ -150,17 +160,18 @@ class TextEncoder(nn.Module):
         self.encoder = Encoder(cfg.hidden_channels, cfg.filter_channels, cfg.n_heads, cfg.n_layers, cfg.kernel_size)
         self.proj = Conv1d(cfg.hidden_channels, 2 * cfg.inter_channels, 1)
 
-    def __call__(self, phone: mx.array, pitch: mx.array | None = None):
+    def __call__(self, phone: mx.array, pitch: mx.array | None = None, mask: mx.array | None = None):
         x = self.emb_phone(phone)
         if pitch is not None:
             x = x + self.emb_pitch(pitch)
         x = leaky_relu(x * math.sqrt(self.hidden), EMBED_LRELU_SLOPE)
-        stats = self.proj(self.encoder(x))
+        stats = _masked(self.proj(self.encoder(x, mask)), mask)
         return stats[..., : self.inter], stats[..., self.inter :]
 
 
 class WN(nn.Module):
-    """WaveNet stack of gated tanh·sigmoid layers with a single speaker-conditioning conv. ``(B, T, hidden)``."""
+    """WaveNet stack of gated tanh·sigmoid layers with a single speaker-conditioning conv. ``(B, T, hidden)``;
+    ``mask (B, T, 1)`` for padded training batches."""
 
     def __init__(self, hidden: int, kernel_size: int, dilation_rate: int, n_layers: int, gin_channels: int):
         super().__init__()
@@ -176,7 +187,7 @@ class WN(nn.Module):
             out = 2 * hidden if i < n_layers - 1 else hidden
             self.res_skip_layers.append(Conv1d(hidden, out, 1))
 
-    def __call__(self, x: mx.array, g: mx.array | None) -> mx.array:
+    def __call__(self, x: mx.array, g: mx.array | None, mask: mx.array | None = None) -> mx.array:
         h = self.hidden
         cond = self.cond_layer(g) if (g is not None and "cond_layer" in self) else None
         output = None
@@ -187,16 +198,17 @@ class WN(nn.Module):
             acts = fastmath.tanh(a[..., :h]) * fastmath.sigmoid(a[..., h:])
             r = rs(acts)
             if i < self.n_layers - 1:
-                x = x + r[..., :h]
+                x = _masked(x + r[..., :h], mask)
                 skip = r[..., h:]
             else:
                 skip = r
             output = skip if output is None else output + skip
-        return output
+        return _masked(output, mask)
 
 
 class ResidualCouplingLayer(nn.Module):
-    """Mean-only affine coupling (only the reverse direction is needed at inference). ``(B, T, channels)``."""
+    """Mean-only affine coupling ``(B, T, channels)``: ``__call__`` is the reverse direction (inference),
+    ``forward`` the training one; ``mask (B, T, 1)`` for padded training batches."""
 
     def __init__(self, channels: int, hidden: int, gin_channels: int):
         super().__init__()
@@ -205,17 +217,25 @@ class ResidualCouplingLayer(nn.Module):
         self.enc = WN(hidden, FLOW_KERNEL, FLOW_DILATION, FLOW_WN_LAYERS, gin_channels)
         self.post = Conv1d(hidden, self.half, 1)
 
-    def __call__(self, x: mx.array, g: mx.array | None) -> mx.array:
+    def _mean(self, x0: mx.array, g: mx.array | None, mask: mx.array | None) -> mx.array:
+        return _masked(self.post(self.enc(_masked(self.pre(x0), mask), g, mask)), mask)
+
+    def __call__(self, x: mx.array, g: mx.array | None, mask: mx.array | None = None) -> mx.array:
         x0, x1 = x[..., : self.half], x[..., self.half :]
-        m = self.post(self.enc(self.pre(x0), g))
-        return mx.concatenate([x0, x1 - m], axis=-1)
+        return mx.concatenate([x0, _masked(x1 - self._mean(x0, g, mask), mask)], axis=-1)
+
+    def forward(self, x: mx.array, g: mx.array | None, mask: mx.array | None = None) -> mx.array:
+        x0, x1 = x[..., : self.half], x[..., self.half :]
+        return mx.concatenate([x0, self._mean(x0, g, mask) + _masked(x1, mask)], axis=-1)
 
 
 class Flip(nn.Module):
     """Reverse the channel order (weightless; kept so flow indices match the checkpoint)."""
 
-    def __call__(self, x: mx.array, g: mx.array | None = None) -> mx.array:
+    def __call__(self, x: mx.array, g: mx.array | None = None, mask: mx.array | None = None) -> mx.array:
         return x[..., ::-1]
+
+    forward = __call__
 
 
 class ResidualCouplingBlock(nn.Module):
@@ -225,10 +245,16 @@ class ResidualCouplingBlock(nn.Module):
         for _ in range(FLOW_COUPLINGS):
             self.flows += [ResidualCouplingLayer(channels, hidden, gin_channels), Flip()]
 
-    def reverse(self, x: mx.array, g: mx.array | None) -> mx.array:
+    def reverse(self, x: mx.array, g: mx.array | None, mask: mx.array | None = None) -> mx.array:
         """z_p -> z ``(B, T, channels)``."""
         for flow in reversed(self.flows):
-            x = flow(x, g)
+            x = flow(x, g, mask)
+        return x
+
+    def forward(self, x: mx.array, g: mx.array | None, mask: mx.array | None = None) -> mx.array:
+        """z -> z_p ``(B, T, channels)`` (training)."""
+        for flow in self.flows:
+            x = flow.forward(x, g, mask)
         return x
 
 

@@ -15,6 +15,8 @@ import mlx.nn as nn
 from . import fastmath
 from .conv import Conv1d
 
+MASKED_SCORE = -1e4  # score of a padded query/key pair (rvc's masked_fill value)
+
 
 def _band_index(length: int, window: int) -> mx.array:
     """``(T, T)`` index into a ``2·window+2``-column table: ``j − i + window`` inside the band, else the last
@@ -50,7 +52,9 @@ class RelativeMultiHeadAttention(nn.Module):
         self.emb_rel_k = mx.zeros((1, n_rel, self.k_channels))
         self.emb_rel_v = mx.zeros((1, n_rel, self.k_channels))
 
-    def __call__(self, x: mx.array) -> mx.array:
+    def __call__(self, x: mx.array, mask: mx.array | None = None) -> mx.array:
+        """``mask (B, T, 1)`` (1 = a real frame, 0 = padding; training batches): padded query/key pairs get
+        the score ``MASKED_SCORE``, as the reference's ``masked_fill``."""
         b, t, c = x.shape
         h, d, w = self.n_heads, self.k_channels, self.window_size
 
@@ -65,6 +69,10 @@ class RelativeMultiHeadAttention(nn.Module):
         rel = mx.concatenate([rel, mx.zeros((b, h, t, 1), dtype=rel.dtype)], axis=-1)
         band = mx.broadcast_to(_band_index(t, w), (b, h, t, t))
         scores = scores + mx.take_along_axis(rel, band, axis=-1)
+        if mask is not None:
+            m = mask[..., 0]
+            pair = (m[:, None, :, None] * m[:, None, None, :]) > 0
+            scores = mx.where(pair, scores, MASKED_SCORE)
         e = fastmath.exp_shifted_(scores)  # softmax = e / total, divided after the products
         out, total = fastmath.weighted_sum(e, v)
         e_pad = mx.concatenate([e, mx.zeros((b, h, t, 1), dtype=e.dtype)], axis=-1)

@@ -23,6 +23,7 @@ rebuilt whenever the weight array is replaced (e.g. by ``load_weights``).
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import mlx.core as mx
@@ -31,7 +32,7 @@ import mlx.nn as nn
 from ..backend import enabled, on_cpu
 
 CONV_MODES = ("auto", "cpu", "native")
-_state = {"mode": "auto"}
+_state = {"mode": "auto", "training": False}
 
 
 def set_conv_mode(mode: str) -> None:
@@ -43,6 +44,18 @@ def set_conv_mode(mode: str) -> None:
 
 def get_conv_mode() -> str:
     return _state["mode"]
+
+
+@contextlib.contextmanager
+def training_convs():
+    """Within: convs take forms whose gradients are fast on CPU (``conv1d_unfold``) and rebuild derived kernels
+    from the current weights on every call (the weights change every step)."""
+    before = _state["training"]
+    _state["training"] = True
+    try:
+        yield
+    finally:
+        _state["training"] = before
 
 
 def use_cpu_formulations() -> bool:
@@ -114,6 +127,26 @@ def conv1d_fft(x: mx.array, spectrum: mx.array, bias: mx.array | None, span: int
     return y if bias is None else y + bias
 
 
+def conv1d_unfold(x: mx.array, weight: mx.array, stride: int = 1, padding: int = 0, dilation: int = 1,
+                  groups: int = 1) -> mx.array:
+    """``mx.conv1d`` as slices and one matrix product (im2col): ``x (B, T, C_in)``, ``weight (C_out, K,
+    C_in/groups)`` -> ``(B, T_out, C_out)``.
+
+    For training on CPU: the gradients of this form are matrix products and slice updates, 2-8x faster than MLX's
+    CPU conv gradients (measured, 2 cores: a strided 32->128 conv 2.3 s -> 0.3 s)."""
+    b, _, c_in = x.shape
+    c_out, k, c_group = weight.shape
+    if padding:
+        x = mx.pad(x, [(0, 0), (padding, padding), (0, 0)])
+    t_out = (x.shape[1] - dilation * (k - 1) - 1) // stride + 1
+    cols = mx.stack([x[:, j * dilation : j * dilation + stride * (t_out - 1) + 1 : stride] for j in range(k)], axis=2)
+    if groups == 1:
+        return (cols.reshape(b * t_out, k * c_in) @ weight.reshape(c_out, k * c_in).T).reshape(b, t_out, c_out)
+    cols = cols.reshape(b * t_out, k, groups, c_group).transpose(2, 0, 1, 3).reshape(groups, b * t_out, k * c_group)
+    w = weight.reshape(groups, c_out // groups, k * c_group).transpose(0, 2, 1)
+    return (cols @ w).transpose(1, 0, 2).reshape(b, t_out, c_out)
+
+
 def _tap_matrices(weight: mx.array) -> list[mx.array]:
     """``(C_out, K, C_in)`` -> K contiguous ``(C_in, C_out)`` matrices."""
     taps = [mx.contiguous(weight[:, j, :].T) for j in range(weight.shape[1])]
@@ -134,7 +167,8 @@ def conv1d_taps(x: mx.array, taps: list[mx.array], bias: mx.array | None, dilati
 
 
 class Conv1d(nn.Module):
-    """``torch.nn.Conv1d`` on channels-last input. ``weight``: ``(C_out, K, C_in)``; input/output ``(B, T, C)``."""
+    """``torch.nn.Conv1d`` on channels-last input. ``weight``: ``(C_out, K, C_in / groups)``; input/output
+    ``(B, T, C)``. Grouped convs (the discriminators') always take MLX's own kernel."""
 
     def __init__(
         self,
@@ -145,14 +179,16 @@ class Conv1d(nn.Module):
         padding: int = 0,
         dilation: int = 1,
         bias: bool = True,
+        groups: int = 1,
     ):
         super().__init__()
-        self.weight = mx.zeros((out_channels, kernel_size, in_channels))
+        self.weight = mx.zeros((out_channels, kernel_size, in_channels // groups))
         if bias:
             self.bias = mx.zeros((out_channels,))
         self.stride = stride
         self.padding = padding
         self.dilation = dilation
+        self.groups = groups
         self._cpu = (None, None, None)  # (weight it was built from, FFT size or None, tap matrices or spectrum)
 
     def _cpu_weight(self) -> list[mx.array] | mx.array:
@@ -167,7 +203,10 @@ class Conv1d(nn.Module):
     def __call__(self, x: mx.array) -> mx.array:
         bias = self.get("bias")
         k = self.weight.shape[1]
-        if self.stride == 1 and k > 1 and use_cpu_formulations():
+        if _state["training"] and use_cpu_formulations():
+            y = conv1d_unfold(x, self.weight, self.stride, self.padding, self.dilation, self.groups)
+            return y if bias is None else y + bias
+        if self.stride == 1 and k > 1 and self.groups == 1 and use_cpu_formulations():
             span = self.dilation * (k - 1) + 1
             out_len = x.shape[1] + 2 * self.padding - span + 1
             if self.padding:
@@ -176,7 +215,8 @@ class Conv1d(nn.Module):
             if isinstance(arranged, list):
                 return conv1d_taps(x, arranged, bias, self.dilation, out_len)
             return conv1d_fft(x, arranged, bias, span, out_len)
-        y = mx.conv1d(x, self.weight, stride=self.stride, padding=self.padding, dilation=self.dilation)
+        y = mx.conv1d(x, self.weight, stride=self.stride, padding=self.padding, dilation=self.dilation,
+                      groups=self.groups)
         return y if bias is None else y + bias
 
 
@@ -232,13 +272,17 @@ class ConvTranspose1d(nn.Module):
         c_out, k, _ = self.weight.shape
         s, p = self.stride, self.padding
         if s > 1 and use_cpu_formulations():
-            kernel, n_taps, m_hi = self._poly_cache()
+            if _state["training"]:  # the kernel changes every step: rearranged inside the differentiated graph
+                kernel, n_taps, m_hi = polyphase_kernel(self.weight, s, p)
+            else:
+                kernel, n_taps, m_hi = self._poly_cache()
             b, t, _ = x.shape
             out_len = (t - 1) * s - 2 * p + k
             t_q = math.ceil(out_len / s)
             right = t_q + n_taps - 1 - m_hi - t
             x = mx.pad(x, [(0, 0), (m_hi, max(right, 0)), (0, 0)])
-            y = mx.conv1d(x, kernel)[:, :t_q, :]  # (B, t_q, s·C_out), phase-major channels
+            y = (conv1d_unfold(x, kernel) if _state["training"] else mx.conv1d(x, kernel))[:, :t_q, :]
+            # (B, t_q, s·C_out), phase-major channels
             y = y.reshape(b, t_q * s, c_out)[:, :out_len, :]
             return y if bias is None else y + bias
         y = mx.conv_transpose1d(x, self.weight, stride=s, padding=p)

@@ -1,0 +1,155 @@
+"""One RVC training step in MLX against rvc==0.3.5's (tests/reference/rvc_training.py): the same random-weight
+generator (with enc_q) and discriminator, the same padded batch, segments and noise.
+
+Must hold: every loss term within 1e-4 relative, the gradient norm of each top-level module (enc_p, enc_q, flow,
+dec, emb_g, each discriminator) within 1e-3 relative, every parameter after the AdamW update within 1e-5.
+"""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import numpy as np
+import pytest
+import torch
+
+from rvc_mlx.convert.rvc import _named_config
+from rvc_mlx.models.synthesizer import SynthesizerConfig
+from rvc_mlx.train import losses as L
+from rvc_mlx.train.fit import OptimConfig, Trainer, adamw
+from rvc_mlx.train.nets import Batch, MultiPeriodDiscriminator, TrainingSynthesizer, TrainNoise, training_params
+from rvc_mlx.train.pretrained import check_params, discriminator_params, generator_params
+from tests.reference import rvc_training as R
+from tests.reference.rvc_models import Variant, config_list
+
+LOSS_RTOL, NORM_RTOL, PARAM_ATOL = 1e-4, 1e-3, 1e-5
+GRAD_RTOL = 1e-2  # per tensor, ‖Δg‖/‖g‖ (see _params_within)
+QUIET = 1e-6  # of its module's gradient norm: a tensor below carries no gradient (exactly 0 in exact arithmetic)
+SURE_GRAD = 1e-7  # 100 x Adam's eps: above it, the first step is lr·sign(g) to within 1 %
+UNCERTAIN_MAX = 0.02  # share of elements whose update is not compared
+LENGTHS = [48, 40]  # frames: a padded batch of two
+
+
+def _numpy_state(module: torch.nn.Module) -> dict[str, np.ndarray]:
+    return {k: v.detach().numpy().copy() for k, v in module.state_dict().items()}
+
+
+def _ours(variant: Variant, net_g, net_d):
+    state_g, state_d = _numpy_state(net_g), _numpy_state(net_d)
+    cfg = config_list(variant)
+    ckpt = {"config": cfg, "f0": int(variant.f0), "version": variant.version, "sr": variant.sr}
+    inference = {k: v for k, v in state_g.items() if not k.startswith("enc_q.")}
+    named = _named_config(ckpt, {k.replace("weight_v", "weight"): v for k, v in inference.items()}, "HiFi-GAN", "ref")
+    seg = R.SEGMENT_SAMPLES[variant.sample_rate] // R.HOPS[variant.sample_rate]
+    spec = L.SpectrogramConfig.for_rate(variant.sample_rate)
+    g = TrainingSynthesizer(SynthesizerConfig.from_dict(named), seg, spec.bins)
+    d = MultiPeriodDiscriminator(variant.version)
+    params_g = {k: mx.array(v) for k, v in generator_params(state_g).items()}
+    params_d = {k: mx.array(v) for k, v in discriminator_params(state_d).items()}
+    check_params(training_params(g), params_g, "generator")
+    check_params(training_params(d), params_d, "discriminator")
+    trainer = Trainer(g, d, params_g, params_d, spec)
+    return trainer
+
+
+def _batch(variant: Variant, b: dict) -> Batch:
+    lengths = mx.array(b["lengths"].astype(np.int32))
+    return Batch(
+        phone=mx.array(b["phone"]), phone_lengths=lengths,
+        pitch=mx.array(b["pitch"].astype(np.int32)) if variant.f0 else None,
+        pitchf=mx.array(b["pitchf"]) if variant.f0 else None,
+        spec=mx.array(b["spec"].transpose(0, 2, 1)), spec_lengths=lengths,
+        wave=mx.array(b["wave"]), sid=mx.array(b["sid"].astype(np.int32)),
+    )
+
+
+def _noise(n: dict) -> TrainNoise:
+    return TrainNoise(eps=mx.array(n["eps"].transpose(0, 2, 1)), starts=mx.array(n["starts"].astype(np.int32)),
+                      source=mx.array(n["source"][..., 0]))
+
+
+def _torch_as_ours(name: str, value: np.ndarray, discriminator: bool) -> np.ndarray:
+    convert = discriminator_params if discriminator else generator_params
+    return convert({name: value})[name]
+
+
+def _rel(a: float, b: float) -> float:
+    return abs(a - b) / max(abs(b), 1e-12)
+
+
+def _params_within(ours: dict, ref_state: dict, ref_grads: dict, disc: bool, worst: dict) -> None:
+    """Gradients per tensor, and parameters after the update, against the reference.
+
+    ``grad``: worst ‖Δg‖/‖g‖ over tensors that carry gradient (‖g‖ above ``QUIET`` of their module's norm; the
+    rest, the attention key biases, whose exact gradient is 0, are rounding noise on both sides). Per tensor this
+    is looser than per module: the L1 mel and feature losses have a sign discontinuity per bin, so a bin whose
+    difference is within rounding of 0 contributes its full gradient with either sign.
+    ``param``: worst parameter difference over the elements whose update both sides agree on: gradients of the
+    same sign and both ``|g| ≥ SURE_GRAD``. Adam's first step is ``lr · g / (|g| + eps)``, i.e. ``lr · sign(g)`` to
+    within ``lr · eps / |g|`` for those; the other elements (``uncertain``) may land up to 2·lr apart and are
+    counted, not compared."""
+    grads = {k: _torch_as_ours(k, g, disc) for k, g in ref_grads.items()}
+    depth = 2 if disc else 1
+    module_sq: dict[str, float] = {}
+    for k, g in grads.items():
+        key = ".".join(k.split(".")[:depth])
+        module_sq[key] = module_sq.get(key, 0.0) + float(np.square(g.astype(np.float64)).sum())
+    for k, v in ref_state.items():
+        diff = np.abs(np.array(ours["params"][k]) - _torch_as_ours(k, v, disc))
+        g_ref = grads.get(k, np.zeros_like(diff))
+        g_ours = np.array(ours["grads"][k])
+        if np.linalg.norm(g_ref) > QUIET * module_sq[".".join(k.split(".")[:depth])] ** 0.5:
+            worst["grad"] = max(worst["grad"], float(np.linalg.norm(g_ours - g_ref) / np.linalg.norm(g_ref)))
+        sure = (np.sign(g_ref) == np.sign(g_ours)) & (np.minimum(np.abs(g_ref), np.abs(g_ours)) >= SURE_GRAD)
+        worst["elements"] += diff.size
+        worst["uncertain"] += int((~sure).sum())
+        if sure.any():
+            worst["param"] = max(worst["param"], float(diff[sure].max()))
+
+
+def run_step(variant: Variant, fault=None) -> dict:
+    """Both steps from the same weights, batch and noise. Our generator update is compared against the
+    reference's *updated* discriminator (ours is put in its place after the discriminator step, once compared):
+    otherwise the noise-level sign flips of the discriminator's first Adam step would move the generator's
+    gradients by ~1e-3 and hide real differences."""
+    net_g, net_d = R.build_networks(variant)
+    trainer = _ours(variant, net_g, net_d)
+    start_d = dict(trainer.params_d)
+    batch = R.make_batch(variant, LENGTHS)
+    noise = R.make_noise(variant, batch)
+    if fault:
+        fault(trainer)
+    ref = R.reference_step(net_g, net_d, variant, batch, noise)
+    d_after = {k: mx.array(v) for k, v in discriminator_params(_numpy_state(net_d)).items()}
+    worst = {"loss": 0.0, "norm": 0.0, "grad": 0.0, "optimizer": 0.0, "param": 0.0, "elements": 0, "uncertain": 0}
+
+    def between(tr):
+        grads = {k: mx.array(_torch_as_ours(k, g, True)) for k, g in ref["grads_d"].items()}
+        replay = adamw(OptimConfig()).apply_gradients(grads, start_d)  # our AdamW on the reference's gradients
+        worst["optimizer"] = max(float(mx.abs(replay[k] - d_after[k]).max()) for k in d_after)
+        tr.compared_d = dict(tr.params_d)
+        tr.params_d = d_after
+
+    ours = trainer.step(_batch(variant, batch), _noise(noise), keep_grads=True, between=between)
+    for k, v in ref["losses"].items():
+        worst["loss"] = max(worst["loss"], _rel(ours.losses[k], v))
+    for mine, theirs in ((ours.grad_norm_g, ref["norm_g"]), (ours.grad_norm_d, ref["norm_d"])):
+        assert set(mine) == set(theirs)
+        for k, v in theirs.items():
+            worst["norm"] = max(worst["norm"], _rel(mine[k], v))
+    _params_within({"params": trainer.compared_d, "grads": ours.grads_d}, _numpy_state(net_d), ref["grads_d"], True,
+                   worst)
+    _params_within({"params": trainer.params_g, "grads": ours.grads_g}, _numpy_state(net_g), ref["grads_g"], False,
+                   worst)
+    return worst
+
+
+@pytest.mark.parametrize("variant", [Variant("v2", "40k", True)], ids=lambda v: v.name)
+def test_one_training_step_matches_rvc(variant):
+    worst = run_step(variant)
+    print("\nWORST", variant.name, worst)
+    assert worst["loss"] <= LOSS_RTOL
+    assert worst["norm"] <= NORM_RTOL
+    assert worst["optimizer"] <= PARAM_ATOL
+    assert worst["param"] <= PARAM_ATOL
+    assert worst["grad"] <= GRAD_RTOL
+    assert worst["uncertain"] <= UNCERTAIN_MAX * worst["elements"]
