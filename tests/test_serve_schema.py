@@ -332,7 +332,7 @@ def test_options_endpoint_matches_option_specs(schema_app):
 
 
 # parity: the library of dump/compare
-FRONT_END_MODULES = ("rvc_mlx.cli", "rvc_mlx.export", "rvc_mlx.bench", "rvc_mlx.live")
+FRONT_END_MODULES = ("rvc_mlx.cli", "rvc_mlx.export", "rvc_mlx.bench", "rvc_mlx.live", "rvc_mlx.train.command")
 FRONT_END_PACKAGES = ("rvc_mlx.serve",)
 GATHERERS = ("rvc_mlx.command", "rvc_mlx.__main__")  # know every front end by design
 WEB_LIBRARIES = ("fastapi", "gradio", "starlette", "pydantic", "uvicorn")

@@ -1,6 +1,6 @@
 """The ``rvc-mlx`` command: gathers the subcommands of every front end (``build_parser()`` + ``main()``).
 
-Front ends (``cli``, ``export``, ``bench``, ``live``, ``serve``; ``parity`` is the library behind
+Front ends (``cli``, ``export``, ``bench``, ``live``, ``serve``, ``train.command``; ``parity`` is the library behind
 ``dump``/``compare``) each register their subcommands with ``add_commands(subparsers)`` and import only the
 service layer and the library, never each other; this module is the one place that knows them all. User errors
 (``RvcMlxError``) print one line to stderr and exit 1, without a traceback.
@@ -13,8 +13,9 @@ import sys
 
 from . import __version__, bench, cli, export, live, serve
 from .errors import RvcMlxError
+from .train import command as train
 
-FRONT_ENDS = (cli, export, bench, live, serve)
+FRONT_ENDS = (cli, export, bench, live, serve, train)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -16,16 +16,23 @@ clipping (the reference only measures the norm).
 from __future__ import annotations
 
 import contextlib
+import json
 import math
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import mlx.core as mx
 import mlx.optimizers as optim
 
+from ..atomic import atomic_write
 from ..backend import enabled, set_enabled
+from ..errors import InputError
 from ..nn.conv import training_convs
 from . import losses as L
+from .data import BUCKET_BOUNDARIES, TrainingSet, collate, epoch_batches
 from .nets import Batch, MultiPeriodDiscriminator, TrainingSynthesizer, TrainNoise, load_params, slice_segments
+from .pretrained import check_params
 
 NON_DIFFERENTIABLE_FAST_PATHS = ("exp",)  # NumPy-evaluated exp/tanh/sigmoid would cut the gradient
 
@@ -171,3 +178,138 @@ class Trainer:
         mx.eval(self.params_g, self.opt_g.state)
         losses = {"gen_all": float(loss), **{k: float(v) for k, v in terms.items()}}
         return {"losses": losses, "norms": norms, "grads": grads}
+
+
+# -- the loop ------------------------------------------------------------------------------------------------
+
+# hps.train.segment_size (samples) of RVC's configs; the decoder trains on segment_size // hop frames
+SEGMENT_SAMPLES = {("v1", 32000): 12800, ("v2", 32000): 12800, ("v1", 40000): 12800, ("v2", 40000): 12800,
+                   ("v1", 48000): 11520, ("v2", 48000): 17280}
+CHECKPOINT_DIR = "checkpoints"
+CHECKPOINT_FORMAT = "rvc-mlx-train"
+
+
+@dataclass
+class FitConfig:
+    """What to train and how long. ``segment_frames`` None: RVC's segment for the version and rate."""
+
+    epochs: int
+    batch_size: int = 4
+    save_every: int = 5  # epochs between checkpoints (and at the last epoch)
+    keep: int = 2  # checkpoints kept
+    seed: int = 1234
+    segment_frames: int | None = None
+    speaker: int = 0
+    optim: OptimConfig = field(default_factory=OptimConfig)
+
+
+@dataclass
+class FitReport:
+    epochs: int  # last finished epoch
+    steps: int
+    resumed_from: str | None
+    losses: list[dict] = field(default_factory=list)  # per step: epoch, step and the loss terms
+    checkpoint: str | None = None
+
+
+def _flat_state(state: dict, prefix: str) -> dict[str, mx.array]:
+    """An optimiser state ``{"step": a, "learning_rate": a, name: {"m": a, "v": a}}`` -> flat arrays."""
+    out = {}
+    for key, value in state.items():
+        if isinstance(value, dict):
+            out.update({f"{prefix}{key}|{sub}": v for sub, v in value.items()})
+        else:
+            out[f"{prefix}|{key}"] = value
+    return out
+
+
+def _unflat_state(arrays: dict[str, mx.array], prefix: str) -> dict:
+    state: dict = {}
+    for name, value in arrays.items():
+        if not name.startswith(prefix):
+            continue
+        key, _, sub = name[len(prefix):].rpartition("|")
+        if key:
+            state.setdefault(key, {})[sub] = value
+        else:
+            state[sub] = value
+    return state
+
+
+def save_checkpoint(exp_dir: str | os.PathLike, trainer: Trainer, epoch: int, step: int, keep: int,
+                    meta: dict) -> Path:
+    """Write ``checkpoints/{step:08d}.safetensors`` (both networks' training parameters and optimiser states;
+    epoch, step and ``meta`` in the header) atomically, and drop all but the newest ``keep``."""
+    folder = Path(exp_dir) / CHECKPOINT_DIR
+    arrays = {**{f"g/{k}": v for k, v in trainer.params_g.items()}, **{f"d/{k}": v for k, v in trainer.params_d.items()},
+              **_flat_state(trainer.opt_g.state, "opt_g/"), **_flat_state(trainer.opt_d.state, "opt_d/")}
+    header = {"format": CHECKPOINT_FORMAT, "meta": json.dumps({**meta, "epoch": epoch, "step": step})}
+    path = folder / f"{step:08d}.safetensors"
+    atomic_write(path, lambda tmp: mx.save_safetensors(tmp, arrays, metadata=header))
+    for old in sorted(folder.glob("[0-9]*.safetensors"))[:-keep]:
+        old.unlink()
+    return path
+
+
+def latest_checkpoint(exp_dir: str | os.PathLike) -> Path | None:
+    found = sorted((Path(exp_dir) / CHECKPOINT_DIR).glob("[0-9]*.safetensors"))
+    return found[-1] if found else None
+
+
+def load_checkpoint(path: str | os.PathLike, trainer: Trainer) -> dict:
+    """Restore a checkpoint into ``trainer`` (strict: names and shapes must be the model's). Returns its meta."""
+    try:
+        arrays, header = mx.load(str(path), return_metadata=True)
+    except (RuntimeError, ValueError, OSError) as e:
+        raise InputError(f"{path}: cannot read the checkpoint ({e})") from None
+    if header.get("format") != CHECKPOINT_FORMAT:
+        raise InputError(f"{path}: not an rvc-mlx training checkpoint")
+    params_g = {k[2:]: v for k, v in arrays.items() if k.startswith("g/")}
+    params_d = {k[2:]: v for k, v in arrays.items() if k.startswith("d/")}
+    check_params(trainer.params_g, params_g, f"{path} (generator)")
+    check_params(trainer.params_d, params_d, f"{path} (discriminator)")
+    trainer.params_g, trainer.params_d = params_g, params_d
+    trainer.opt_g.state = _unflat_state(arrays, "opt_g/")
+    trainer.opt_d.state = _unflat_state(arrays, "opt_d/")
+    return json.loads(header["meta"])
+
+
+def step_key(seed: int, step: int) -> mx.array:
+    """The PRNG key of (1-based) ``step``: a function of the seed and the step alone, so resuming is exact."""
+    return mx.random.key(((seed & 0xFFFFFFFF) << 32) | (step & 0xFFFFFFFF))
+
+
+def fit(exp_dir: str | os.PathLike, trainer: Trainer, data: TrainingSet, cfg: FitConfig, *, meta: dict | None = None,
+        resume: bool = True, progress=None) -> FitReport:
+    """Train ``trainer`` on ``data`` for ``cfg.epochs`` epochs, checkpointing into ``exp_dir/checkpoints``.
+
+    With ``resume`` the newest checkpoint is loaded first and training goes on from the epoch after it: the
+    batches and random inputs of a step depend only on the seed, epoch and step, so an interrupted and resumed
+    run ends with the weights of an uninterrupted one. ``progress(epoch, step, losses)`` after each step. A kill
+    loses at most the steps since the last checkpoint."""
+    meta = dict(meta or {})
+    start_epoch, step, resumed = 1, 0, None
+    found = latest_checkpoint(exp_dir) if resume else None
+    if found is not None:
+        saved = load_checkpoint(found, trainer)
+        start_epoch, step, resumed = int(saved["epoch"]) + 1, int(saved["step"]), str(found)
+    report = FitReport(epochs=start_epoch - 1, steps=step, resumed_from=resumed)
+    lengths = data.lengths()
+    for epoch in range(start_epoch, cfg.epochs + 1):
+        trainer.set_epoch(epoch)
+        batches = epoch_batches(lengths, cfg.batch_size, cfg.seed, epoch)
+        if not batches:
+            raise InputError(f"{data.exp}: no segment is between {BUCKET_BOUNDARIES[0]} and "
+                             f"{BUCKET_BOUNDARIES[-1]} frames long (RVC's length buckets)")
+        for indices in batches:
+            step += 1
+            batch = collate([data.item(i) for i in indices], data.use_f0)
+            noise = trainer.net_g.draw_noise(batch, step_key(cfg.seed, step))
+            result = trainer.step(batch, noise)
+            report.losses.append({"epoch": epoch, "step": step, **result.losses})
+            if progress is not None:
+                progress(epoch, step, result.losses)
+        report.epochs, report.steps = epoch, step
+        if epoch % cfg.save_every == 0 or epoch == cfg.epochs:
+            report.checkpoint = str(save_checkpoint(exp_dir, trainer, epoch, step, cfg.keep, meta))
+    return report

@@ -1,0 +1,149 @@
+"""The training loop on a tiny network and a tiny experiment folder: batches as RVC's loader makes them,
+checkpoints, exact resume, the exported voice (rvc-mlx and RVC formats), and bad input."""
+
+from __future__ import annotations
+
+import math
+
+import mlx.core as mx
+import numpy as np
+import pytest
+import soundfile as sf
+
+from rvc_mlx.errors import InputError
+from rvc_mlx.train import data as D
+from rvc_mlx.train.fit import FitConfig, fit, latest_checkpoint
+from rvc_mlx.train.session import RunSettings, export_voice_files, new_trainer
+
+SR, HOP = 40000, 400
+TINY = {"inter_channels": 16, "hidden_channels": 16, "filter_channels": 32, "n_layers": 1,
+        "upsample_initial_channel": 32, "gin_channels": 16}
+FRAMES = [150, 190, 230, 260]  # spectrogram frames per segment: two length buckets, one batch of 2 each
+
+
+def settings() -> RunSettings:
+    return RunSettings(name="tiny", version="v2", sample_rate=SR, use_f0=True, segment_frames=4, n_speakers=2,
+                       model=TINY)
+
+
+def make_experiment(exp, frames=FRAMES, seed=0):
+    """Segments as the prepare and features steps leave them: gt wav, 50 fps features, coarse pitch, f0."""
+    rng = np.random.default_rng(seed)
+    for sub in ("0_gt_wavs", "3_feature768", "2a_f0", "2b-f0nsf"):
+        (exp / sub).mkdir(parents=True, exist_ok=True)
+    for i, t in enumerate(frames):
+        name = f"0_{i}"
+        k = np.arange(t * HOP) / SR
+        sf.write(exp / "0_gt_wavs" / f"{name}.wav", (0.3 * np.sin(2 * math.pi * (110 + 20 * i) * k)).astype(np.float32),
+                 SR, subtype="FLOAT")
+        np.save(exp / "3_feature768" / f"{name}.npy", rng.standard_normal((t // 2 + 1, 768)).astype(np.float32))
+        f0 = 100 + 50 * rng.random(t + 1)
+        np.save(exp / "2b-f0nsf" / f"{name}.wav.npy", f0.astype(np.float32))
+        np.save(exp / "2a_f0" / f"{name}.wav.npy", np.clip(np.rint(f0 / 4), 1, 255).astype(np.int64))
+
+
+def params_equal(a: dict, b: dict) -> float:
+    assert set(a) == set(b)
+    return max(float(mx.abs(a[k] - b[k]).max()) for k in a)
+
+
+def test_batches_follow_rvc_buckets():
+    lengths = [150, 170, 190, 230, 260, 950, 90]
+    batches = D.epoch_batches(lengths, 2, seed=1, epoch=1)
+    flat = [i for b in batches for i in b]
+    assert 5 not in flat and 6 not in flat  # outside 100..900: dropped, as RVC
+    for b in batches:  # one bucket per batch
+        assert len({next(j for j in range(9) if D.BUCKET_BOUNDARIES[j] < lengths[i] <= D.BUCKET_BOUNDARIES[j + 1])
+                    for i in b}) == 1
+    assert sorted(set(flat)) == [0, 1, 2, 3, 4] and all(len(b) == 2 for b in batches)  # filled by repetition
+    assert D.epoch_batches(lengths, 2, 1, 1) == batches and D.epoch_batches(lengths, 2, 1, 2) != batches
+
+
+def test_items_are_cut_and_padded_as_rvc(tmp_path):
+    make_experiment(tmp_path)
+    s = settings()
+    data = D.TrainingSet(tmp_path, "v2", True, s.spectrogram())
+    item = data.item(0)
+    # features repeated x2 (76 -> 152 frames), then everything cut to the spectrogram's 150 frames
+    assert item.phone.shape == (150, 768) and item.spec.shape == (150, 1025) and len(item.wave) == 150 * HOP
+    assert np.array_equal(item.phone[1], item.phone[0])
+    assert (tmp_path / "0_gt_wavs" / "0_0.spec.npy").exists()  # cached like RVC's .spec.pt
+    batch = D.collate([data.item(0), data.item(3)], True)
+    assert batch.spec.shape == (2, 230, 1025) and batch.spec_lengths.tolist() == [230, 150]
+    assert float(mx.abs(batch.spec[1, 150:]).max()) == 0.0
+
+
+def test_resumed_training_ends_with_the_uninterrupted_weights(tmp_path):
+    cfg = FitConfig(epochs=2, batch_size=2, save_every=1, seed=5)
+    straight = tmp_path / "straight"
+    make_experiment(straight)
+    s = settings()
+    trainer = new_trainer(s, seed=3)
+    report = fit(straight, trainer, D.TrainingSet(straight, "v2", True, s.spectrogram()), cfg)
+    assert report.epochs == 2 and report.steps == 4 and all(np.isfinite(l["gen_all"]) for l in report.losses)
+
+    split = tmp_path / "split"
+    make_experiment(split)
+    first = new_trainer(s, seed=3)
+    fit(split, first, D.TrainingSet(split, "v2", True, s.spectrogram()), FitConfig(**{**cfg.__dict__, "epochs": 1}))
+    again = new_trainer(s, seed=99)  # a fresh process would start from other weights: the checkpoint wins
+    resumed = fit(split, again, D.TrainingSet(split, "v2", True, s.spectrogram()), cfg)
+    assert resumed.resumed_from.endswith("00000002.safetensors") and resumed.steps == 4
+    assert params_equal(again.params_g, trainer.params_g) == 0.0
+    assert params_equal(again.params_d, trainer.params_d) == 0.0
+    assert [l["gen_all"] for l in resumed.losses] == [l["gen_all"] for l in report.losses[2:]]
+    # the optimiser state went through the checkpoint too: one more step from each agrees
+    assert int(again.opt_g.state["step"]) == int(trainer.opt_g.state["step"]) == 4
+
+
+def test_training_moves_the_weights_and_exports_a_voice(tmp_path):
+    make_experiment(tmp_path)
+    s = settings()
+    trainer = new_trainer(s, seed=3)
+    before = dict(trainer.params_g)
+    fit(tmp_path, trainer, D.TrainingSet(tmp_path, "v2", True, s.spectrogram()), FitConfig(epochs=1, batch_size=2))
+    assert params_equal(before, trainer.params_g) > 1e-5
+    files = export_voice_files(trainer, s, tmp_path / "out", "1epoch")
+    from rvc_mlx.checkpoint import load_checkpoint
+    from rvc_mlx.models.synthesizer import Synthesizer
+
+    voice = Synthesizer.load(files["voice"])
+    assert voice.config.n_speakers == 2 and voice.config.inter_channels == 16
+    ckpt = load_checkpoint(files["pth"])
+    assert ckpt["info"] == "1epoch" and ckpt["version"] == "v2" and not any(k.startswith("enc_q") for k in ckpt["weight"])
+
+
+def test_missing_or_empty_training_data_is_one_line(tmp_path):
+    s = settings()
+    with pytest.raises(InputError, match="0_gt_wavs: missing"):
+        D.TrainingSet(tmp_path, "v2", True, s.spectrogram())
+    make_experiment(tmp_path)
+    for p in (tmp_path / "2a_f0").iterdir():
+        p.unlink()
+    with pytest.raises(InputError, match="no segment has all of its training files"):
+        D.TrainingSet(tmp_path, "v2", True, s.spectrogram())
+    assert latest_checkpoint(tmp_path) is None
+
+
+def test_cli_fit_and_export(tmp_path, capsys):
+    from dataclasses import asdict
+
+    from rvc_mlx.command import main
+    from rvc_mlx.train.session import save_settings
+
+    exp = tmp_path / "exp"
+    assert main(["train", "fit", str(exp), "--epochs", "1"]) == 1  # nothing prepared yet
+    assert "0_gt_wavs: missing" in capsys.readouterr().err
+    make_experiment(exp)
+    save_settings(exp, settings())  # the run's settings (a tiny network) as the first step writes them
+    assert main(["train", "export", str(exp)]) == 1
+    assert "no training checkpoint yet" in capsys.readouterr().err
+    assert main(["train", "fit", str(exp), "--version", "v1"]) == 1
+    assert "set up with version 'v2'" in capsys.readouterr().err
+    assert main(["train", "fit", str(exp), "--epochs", "1", "--batch-size", "2"]) == 0
+    assert "fit: epoch 1, step 2" in capsys.readouterr().out
+    assert main(["train", "fit", str(exp), "--epochs", "1", "--batch-size", "2"]) == 0  # done: nothing to redo
+    assert "resumed from" in capsys.readouterr().out
+    assert main(["train", "export", str(exp), "-o", str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out" / "tiny.safetensors").exists() and (tmp_path / "out" / "tiny.pth").exists()
+    assert asdict(settings()) == asdict(__import__("rvc_mlx.train.session", fromlist=["x"]).load_settings(exp))
