@@ -7,6 +7,8 @@ dec, emb_g, each discriminator) within 1e-3 relative, every parameter after the 
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import mlx.core as mx
 import numpy as np
 import pytest
@@ -153,3 +155,36 @@ def test_one_training_step_matches_rvc(variant):
     assert worst["param"] <= PARAM_ATOL
     assert worst["grad"] <= GRAD_RTOL
     assert worst["uncertain"] <= UNCERTAIN_MAX * worst["elements"]
+
+
+def _fault_mel_weight(tr):
+    tr.cfg = replace(tr.cfg, c_mel=40.0)
+
+
+def _fault_adam_eps(tr):
+    tr.opt_g = adamw(replace(tr.cfg, eps=1e-4))
+
+
+def _fault_posterior_mask(tr):  # padding seen by enc_q as if it were audio (restored by the test)
+    cls = type(tr.net_g.enc_q)
+    forward = cls.__call__
+    cls.__call__ = lambda self, spec, mask, g, eps: forward(self, spec, mx.ones_like(mask), g, eps)
+
+
+FAULTS = {"mel weight 40": _fault_mel_weight, "adam eps 1e-4": _fault_adam_eps,
+          "posterior without mask": _fault_posterior_mask}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault", list(FAULTS))
+def test_seeded_faults_fail_the_step_comparison(fault):
+    from rvc_mlx.train.nets import PosteriorEncoder
+
+    original = PosteriorEncoder.__call__
+    try:
+        worst = run_step(Variant("v2", "40k", True), fault=FAULTS[fault])
+    finally:
+        PosteriorEncoder.__call__ = original
+    print("\nFAULT", fault, worst)
+    assert (worst["loss"] > LOSS_RTOL or worst["norm"] > NORM_RTOL or worst["param"] > PARAM_ATOL
+            or worst["grad"] > GRAD_RTOL)
