@@ -17,7 +17,6 @@ it, e.g. ``(O, 1, 1)``, or ``(1, 1, I)`` for a transposed conv whose torch norm 
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 
@@ -265,7 +264,3 @@ class MultiPeriodDiscriminator(nn.Module):
             f_g.append([f[rows:] for f in fmap])
         return d_r, d_g, f_r, f_g
 
-
-def segment_frames(segment_samples: int, hop: int) -> int:
-    """The decoder's training segment in frames (the reference's ``segment_size // hop_length``)."""
-    return math.floor(segment_samples / hop)
