@@ -15,7 +15,7 @@ import sys
 import numpy as np
 import torch
 
-from .rvc_models import Variant, config_list, model_class, randomize
+from .rvc_models import Variant, coarse_pitch, config_list, model_class, randomize
 
 SEGMENT_SAMPLES = {32000: 12800, 40000: 12800, 48000: 11520}  # hps.train.segment_size per rate (rvc configs)
 HOPS = {32000: 320, 40000: 400, 48000: 480}
@@ -64,9 +64,7 @@ def make_batch(variant: Variant, lengths: list[int], seed: int = 0) -> dict[str,
         f0 = 100 + 150 * rng.random(t)
         f0[rng.random(t) < 0.2] = 0.0  # unvoiced frames
         pitchf[i, :t] = f0
-    mel = 1127 * np.log1p(pitchf / 700)
-    lo, hi = 1127 * np.log1p(50 / 700), 1127 * np.log1p(1100 / 700)
-    pitch = np.where(pitchf > 0, np.clip(np.rint((mel - lo) * 254 / (hi - lo) + 1), 1, 255), 1).astype(np.int64)
+    pitch = coarse_pitch(pitchf)
     return {"wave": wave, "spec": spec, "phone": phone, "pitch": pitch, "pitchf": pitchf,
             "lengths": np.array(lengths, np.int64), "sid": np.arange(b, dtype=np.int64) % 3}
 

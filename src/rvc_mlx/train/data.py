@@ -23,12 +23,12 @@ import numpy as np
 from ..atomic import atomic_write
 from ..errors import InputError
 from . import losses as L
+from .features import FEATURE_DIRS
 from .nets import Batch
 
 MAX_FRAMES = 900  # RVC's get_labels cut
 FEATURE_REPEAT = 2  # 50 fps features -> 100 fps frames
 BUCKET_BOUNDARIES = tuple(range(100, 1000, 100))  # RVC train.py: [100, 200, ..., 900]
-FEATURE_DIRS = {"v1": "3_feature256", "v2": "3_feature768"}
 
 
 @dataclass

@@ -72,14 +72,19 @@ class FeaturesReport:
 def segment_wavs(exp_dir: str | os.PathLike) -> list[Path]:
     """The 16 kHz segments of ``exp_dir`` (``1_16k_wavs/*.wav``, hidden files excluded), sorted by name.
     Raises a one-line error when there are none."""
-    folder = Path(exp_dir) / WAVS_16K
+    return step_files(Path(exp_dir) / WAVS_16K, WAV_SUFFIX, ".wav segments", "prepare")
+
+
+def step_files(folder: Path, suffix: str, what: str, step: str) -> list[Path]:
+    """The files of ``folder`` ending in ``suffix`` (hidden temporaries excluded), sorted by name; a one-line
+    error naming the ``step`` that makes them when the folder is missing or has none."""
     if not folder.is_dir():
-        raise InputError(f"{folder}: folder not found; run the prepare step first")
-    wavs = sorted((p for p in folder.iterdir() if p.name.endswith(WAV_SUFFIX) and not p.name.startswith(".")
-                   and p.is_file()), key=lambda p: p.name)
-    if not wavs:
-        raise InputError(f"{folder}: no .wav segments found; run the prepare step first")
-    return wavs
+        raise InputError(f"{folder}: folder not found; run the {step} step first")
+    files = sorted((p for p in folder.iterdir() if p.name.endswith(suffix) and not p.name.startswith(".")
+                    and p.is_file()), key=lambda p: p.name)
+    if not files:
+        raise InputError(f"{folder}: no {what} found; run the {step} step first")
+    return files
 
 
 def output_paths(exp_dir: str | os.PathLike, wav_name: str, version: str) -> tuple[Path, Path, Path]:

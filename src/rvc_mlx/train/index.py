@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import FormatError, InputError
-from .features import FEATURE_DIMS, FEATURE_DIRS, NPY_SUFFIX, Progress, save_npy, write_output
+from .features import FEATURE_DIMS, FEATURE_DIRS, NPY_SUFFIX, Progress, save_npy, step_files, write_output
 
 KMEANS_THRESHOLD = 200_000  # RVC: more feature rows than this are reduced to k-means centroids
 KMEANS_CENTROIDS = 10_000
@@ -66,14 +66,7 @@ def feature_files(exp_dir: str | os.PathLike, version: str) -> list[Path]:
     """The version's feature files (``*.npy``, hidden temporaries excluded), sorted by name as RVC lists them."""
     if version not in FEATURE_DIRS:
         raise InputError(f"RVC version must be 'v1' or 'v2', got {version!r}")
-    folder = Path(exp_dir) / FEATURE_DIRS[version]
-    if not folder.is_dir():
-        raise InputError(f"{folder}: folder not found; run the features step first")
-    files = sorted((p for p in folder.iterdir() if p.name.endswith(NPY_SUFFIX) and not p.name.startswith(".")
-                    and p.is_file()), key=lambda p: p.name)
-    if not files:
-        raise InputError(f"{folder}: no feature files (.npy); run the features step first")
-    return files
+    return step_files(Path(exp_dir) / FEATURE_DIRS[version], NPY_SUFFIX, "feature files (.npy)", "features")
 
 
 def load_feature_file(path: Path, dim: int) -> np.ndarray:

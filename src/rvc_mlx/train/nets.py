@@ -195,6 +195,17 @@ def _reflect_right(x: mx.array, n: int) -> mx.array:
     return mx.concatenate([x, x[:, -2 : -2 - n : -1]], axis=1)
 
 
+def _conv_stack(convs: list, post: Conv1d, x: mx.array) -> tuple[mx.array, list]:
+    """Convs each followed by LeakyReLU, then ``post``: the output and every intermediate (the feature maps)."""
+    fmap = []
+    for conv in convs:
+        x = leaky_relu(conv(x), LRELU_SLOPE)
+        fmap.append(x)
+    x = post(x)
+    fmap.append(x)
+    return x, fmap
+
+
 class DiscriminatorS(nn.Module):
     """The scale discriminator on raw audio ``(B, T, 1)``: grouped strided convs. -> score ``(B, N)``, fmaps."""
 
@@ -206,12 +217,7 @@ class DiscriminatorS(nn.Module):
         self.conv_post = Conv1d(1024, 1, 3, padding=1)
 
     def __call__(self, x: mx.array):
-        fmap = []
-        for conv in self.convs:
-            x = leaky_relu(conv(x), LRELU_SLOPE)
-            fmap.append(x)
-        x = self.conv_post(x)
-        fmap.append(x)
+        x, fmap = _conv_stack(self.convs, self.conv_post, x)
         return x.reshape(x.shape[0], -1), fmap
 
 
@@ -234,12 +240,7 @@ class DiscriminatorP(nn.Module):
         p = self.period
         x = _reflect_right(x[..., 0], (-t) % p)
         x = x.reshape(b, -1, p).transpose(0, 2, 1).reshape(b * p, -1, 1)  # one row per column
-        fmap = []
-        for conv in self.convs:
-            x = leaky_relu(conv(x), LRELU_SLOPE)
-            fmap.append(x)
-        x = self.conv_post(x)
-        fmap.append(x)
+        x, fmap = _conv_stack(self.convs, self.conv_post, x)
         score = x.reshape(b, p, -1).transpose(0, 2, 1).reshape(b, -1)
         return score, fmap
 

@@ -43,6 +43,8 @@ from ..atomic import atomic_write
 from ..convert.common import LAYOUTS, layout_of
 from ..convert.rvc import DROP, FEATURE_DIMS, HIFIGAN_RULES, RULES, SAMPLE_RATE_NAMES, convert_voice
 from ..errors import ConversionError, DiskFullError, FormatError, InputError, OutputError
+from .losses import RATE_TABLE
+from .nets import is_weight_normed
 
 # -- PyTorch's zip checkpoint format ----------------------------------------------------------------------------
 
@@ -217,19 +219,11 @@ def save_torch(path: str | os.PathLike, obj) -> None:
 
 # -- RVC's voice checkpoint -------------------------------------------------------------------------------------
 
-# Modules rvc==0.3.5 wraps in weight_norm (dim 0) -- its WN layers (flow) and the HiFi-GAN upsamplers and
-# resblocks (``infer_pack/modules.py`` WN, ResBlock1; ``models.py`` Generator/GeneratorNSF ``ups``).
-WEIGHT_NORMED = (
-    r"flow\.flows\.\d+\.enc\.(in_layers|res_skip_layers)\.\d+",
-    r"flow\.flows\.\d+\.enc\.cond_layer",
-    r"dec\.ups\.\d+",
-    r"dec\.resblocks\.\d+\.convs[12]\.\d+",
-)
 VOICE_RULES = RULES + HIFIGAN_RULES  # RVC's networks (Applio's other vocoders have no RVC-format file)
 DTYPES = ("float16", "float32")
 # The two config entries the inference model does not use: the posterior encoder's input width (n_fft/2 + 1 of
 # RVC's training config per rate) and RVC's training segment, which savee writes as a literal 32.
-SPEC_CHANNELS = {32000: 513, 40000: 1025, 48000: 1025}
+SPEC_CHANNELS = {rate: n_fft // 2 + 1 for rate, (n_fft, _, _) in RATE_TABLE.items()}
 SEGMENT_SIZE = 32
 # What RVC's configs give every voice (used when a named config leaves a field out).
 RVC_DEFAULTS = {
@@ -240,12 +234,12 @@ RVC_DEFAULTS = {
 FLOAT16_MAX = float(np.finfo(np.float16).max)
 DEFAULT_EMBEDDER = "contentvec"
 _WN_SUFFIXES = (".weight_g", ".weight_v")
-_WEIGHT_NORMED = [re.compile(p) for p in WEIGHT_NORMED]
 _DROPPED = [re.compile(p) for p in DROP]
 
 
 def _is_weight_normed(module: str) -> bool:
-    return any(p.fullmatch(module) for p in _WEIGHT_NORMED)
+    """Modules rvc wraps in weight_norm (the training networks' table, :data:`nets.WEIGHT_NORMED`)."""
+    return is_weight_normed(module + ".weight")
 
 
 def _to_torch_layout(array: np.ndarray, layout: str, key: str) -> np.ndarray:
@@ -494,5 +488,5 @@ def export_voice(voice: str | os.PathLike, out: str | os.PathLike, info: str | N
 
 __all__ = [
     "save_torch", "write_torch", "rvc_state_dict", "rvc_config_list", "rvc_checkpoint", "save_rvc_pth",
-    "export_voice", "WEIGHT_NORMED", "STORAGE_TYPES",
+    "export_voice", "STORAGE_TYPES",
 ]
