@@ -3,7 +3,9 @@ checkpoints, exact resume, the exported voice (rvc-mlx and RVC formats), and bad
 
 from __future__ import annotations
 
+import json
 import math
+from dataclasses import replace
 
 import mlx.core as mx
 import numpy as np
@@ -12,6 +14,7 @@ import soundfile as sf
 
 from rvc_mlx.errors import InputError
 from rvc_mlx.train import data as D
+from rvc_mlx.train import plots
 from rvc_mlx.train.fit import FitConfig, fit, latest_checkpoint
 from rvc_mlx.train.session import RunSettings, export_voice_files, new_trainer
 
@@ -32,7 +35,7 @@ def make_experiment(exp, frames=FRAMES, seed=0):
     for sub in ("0_gt_wavs", "3_feature768", "2a_f0", "2b-f0nsf"):
         (exp / sub).mkdir(parents=True, exist_ok=True)
     for i, t in enumerate(frames):
-        name = f"0_{i}"
+        name = f"{i}_0"  # file i, its segment 0
         k = np.arange(t * HOP) / SR
         sf.write(exp / "0_gt_wavs" / f"{name}.wav", (0.3 * np.sin(2 * math.pi * (110 + 20 * i) * k)).astype(np.float32),
                  SR, subtype="FLOAT")
@@ -94,6 +97,37 @@ def test_resumed_training_ends_with_the_uninterrupted_weights(tmp_path):
     assert [l["gen_all"] for l in resumed.losses] == [l["gen_all"] for l in report.losses[2:]]
     # the optimiser state went through the checkpoint too: one more step from each agrees
     assert int(again.opt_g.state["step"]) == int(trainer.opt_g.state["step"]) == 4
+    # the loss log of the resumed run is the uninterrupted run's (a killed run's extra steps are dropped on resume)
+    assert plots.read_log(split) == plots.read_log(straight) == report.losses
+
+
+def test_each_epoch_writes_the_loss_log_curves_and_mel_picture(tmp_path):
+    import xml.etree.ElementTree as ET
+
+    from PIL import Image
+
+    make_experiment(tmp_path)
+    s = settings()
+    fit(tmp_path, new_trainer(s, seed=3), D.TrainingSet(tmp_path, "v2", True, s.spectrogram()),
+        FitConfig(epochs=2, batch_size=2, save_every=1))
+    log = plots.read_log(tmp_path)
+    assert [r["step"] for r in log] == [1, 2, 3, 4] and [r["epoch"] for r in log] == [1, 1, 2, 2]
+    for epoch in (1, 2):
+        with Image.open(tmp_path / "plots" / f"mel_{epoch:04d}.png") as im:  # an independent PNG decoder
+            pixels = np.asarray(im.convert("RGB"))
+        # real over generated: 4 segment frames wide, 2 x 125 mel bands (+2 rows between), 3 x 3 pixels each
+        assert pixels.shape == (3 * (2 * 125 + 2), 3 * 4, 3) and len(np.unique(pixels.reshape(-1, 3), axis=0)) > 8
+    svg = ET.parse(tmp_path / "plots" / "losses.svg").getroot()
+    lines = [e for e in svg.iter() if e.tag.endswith("polyline")]
+    assert len(lines) == len(plots.TERMS) and all(len(e.get("points").split()) == 2 for e in lines)
+    means = plots.epoch_means(log)
+    assert means["mel"][1] == (2, pytest.approx((log[2]["mel"] + log[3]["mel"]) / 2))
+    # a run killed after epoch 2's log lines but before its checkpoint: the resume drops them and redoes the steps
+    (tmp_path / "checkpoints" / "00000004.safetensors").unlink()
+    plots.append_log(tmp_path, [{"epoch": 3, "step": 5, "mel": 1.0}])
+    fit(tmp_path, new_trainer(s, seed=3), D.TrainingSet(tmp_path, "v2", True, s.spectrogram()),
+        FitConfig(epochs=2, batch_size=2, save_every=1))
+    assert plots.read_log(tmp_path) == log
 
 
 def test_training_moves_the_weights_and_exports_a_voice(tmp_path):
@@ -111,6 +145,31 @@ def test_training_moves_the_weights_and_exports_a_voice(tmp_path):
     assert voice.config.n_speakers == 2 and voice.config.inter_channels == 16
     ckpt = load_checkpoint(files["pth"])
     assert ckpt["info"] == "1epoch" and ckpt["version"] == "v2" and not any(k.startswith("enc_q") for k in ckpt["weight"])
+
+
+def _record_speakers(exp, speakers):
+    """prepare.json as the prepare step leaves it for a dataset with speaker subfolders (file index -> id)."""
+    files = {f"spk{sid}/take{i}.wav": {"index": i, "speaker": sid} for i, sid in enumerate(speakers)}
+    (exp / "prepare.json").write_text(json.dumps({"version": 1, "sample_rate": SR, "files": files}))
+
+
+def test_each_speaker_trains_its_own_embedding(tmp_path):
+    make_experiment(tmp_path)
+    _record_speakers(tmp_path, [0, 1, 1, 0])  # segments 0_0 .. 3_0 of files 0..3
+    s = replace(settings(), n_speakers=3)
+    data = D.TrainingSet(tmp_path, "v2", True, s.spectrogram())
+    assert data.sids == [0, 1, 1, 0] and [data.item(i).sid for i in range(4)] == [0, 1, 1, 0]
+    trainer = new_trainer(s, seed=3)
+    before = np.array(trainer.params_g["emb_g.weight"])
+    fit(tmp_path, trainer, data, FitConfig(epochs=1, batch_size=2))
+    moved = np.abs(np.array(trainer.params_g["emb_g.weight"]) - before).max(axis=1)
+    # Adam moves a trained row by ~lr per element; the unused speaker 2 only by weight decay (lr·0.01·|w|)
+    assert moved[0] > 5e-5 and moved[1] > 5e-5 and moved[2] < 1e-5, moved
+    with pytest.raises(InputError, match="2 speakers"):
+        D.TrainingSet(tmp_path, "v2", True, s.spectrogram(), sid=0)
+    _record_speakers(tmp_path, [0, 1, 3, 0])
+    with pytest.raises(InputError, match="speaker id 3 in the data; the model has 3"):
+        fit(tmp_path, trainer, D.TrainingSet(tmp_path, "v2", True, s.spectrogram()), FitConfig(epochs=2))
 
 
 def test_missing_or_empty_training_data_is_one_line(tmp_path):

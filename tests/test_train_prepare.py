@@ -307,6 +307,31 @@ def test_resume_does_no_work_and_redoes_a_deleted_output(mixed, tmp_path):
     assert fifth.processed == 1 and fifth.segments == fourth.segments
 
 
+def test_speaker_subfolders_make_a_multi_speaker_set(tmp_path):
+    sr = 32000
+    folder = tmp_path / "voices"
+    for sub, seed in (("bob", 3), ("alice", 4), ("", 5)):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+        _wav(folder / sub / f"take{seed}.wav", take(sr, seed, n_parts=2), sr)
+    (folder / "empty").mkdir()  # no recordings: not a speaker
+    report, exp = _run((folder, sr), tmp_path)
+    assert report.speakers == {"voices": 0, "alice": 1, "bob": 2} and report.files == 3
+    assert "3 speakers" in report.summary()
+    manifest = json.loads((exp / P.MANIFEST).read_text())
+    assert {k: (r["index"], r["speaker"]) for k, r in manifest["files"].items()} == {
+        "take5.wav": (0, 0), "alice/take4.wav": (1, 1), "bob/take3.wav": (2, 2)}
+    assert P.segment_speakers(exp) == {0: 0, 1: 1, 2: 2}
+    assert {p.name.split("_")[0] for p in (exp / P.GT_DIR).iterdir()} == {"0", "1", "2"}
+    # a new speaker sorting first moves the ids of the others; the files after it are re-cut under new indices
+    (folder / "aaron").mkdir()
+    _wav(folder / "aaron" / "take6.wav", take(sr, 6, n_parts=2), sr)
+    again, _ = _run((folder, sr), tmp_path)
+    assert again.speakers == {"voices": 0, "aaron": 1, "alice": 2, "bob": 3}
+    assert P.segment_speakers(exp) == {0: 0, 1: 1, 2: 2, 3: 3} and again.reused == 1
+    outputs = {o for r in json.loads((exp / P.MANIFEST).read_text())["files"].values() for o in r["outputs"]}
+    assert {p.stem for p in (exp / P.GT_DIR).iterdir()} == outputs and {o.split("_")[0] for o in outputs} == set("0123")
+
+
 def test_bad_input_is_one_line(tmp_path):
     def message(*args):
         with pytest.raises(InputError) as e:

@@ -12,16 +12,12 @@ from dataclasses import replace
 import mlx.core as mx
 import numpy as np
 import pytest
-import torch
 
-from rvc_mlx.convert.rvc import _named_config
-from rvc_mlx.models.synthesizer import SynthesizerConfig
-from rvc_mlx.train import losses as L
-from rvc_mlx.train.fit import OptimConfig, Trainer, adamw
-from rvc_mlx.train.nets import Batch, MultiPeriodDiscriminator, TrainingSynthesizer, TrainNoise, training_params
-from rvc_mlx.train.pretrained import check_params, discriminator_params, generator_params
+from rvc_mlx.train.fit import OptimConfig, adamw
+from rvc_mlx.train.pretrained import discriminator_params, generator_params
 from tests.reference import rvc_training as R
-from tests.reference.rvc_models import Variant, config_list
+from tests.reference.rvc_models import Variant
+from tests.train_support import mlx_batch, mlx_noise, numpy_state, ours_trainer
 
 LOSS_RTOL, NORM_RTOL, PARAM_ATOL = 1e-4, 1e-3, 1e-5
 GRAD_RTOL = 1e-2  # per tensor, ‖Δg‖/‖g‖ (see _params_within)
@@ -29,44 +25,6 @@ QUIET = 1e-6  # of its module's gradient norm: a tensor below carries no gradien
 SURE_GRAD = 1e-7  # 100 x Adam's eps: above it, the first step is lr·sign(g) to within 1 %
 UNCERTAIN_MAX = 0.02  # share of elements whose update is not compared
 LENGTHS = [48, 40]  # frames: a padded batch of two
-
-
-def _numpy_state(module: torch.nn.Module) -> dict[str, np.ndarray]:
-    return {k: v.detach().numpy().copy() for k, v in module.state_dict().items()}
-
-
-def _ours(variant: Variant, net_g, net_d):
-    state_g, state_d = _numpy_state(net_g), _numpy_state(net_d)
-    cfg = config_list(variant)
-    ckpt = {"config": cfg, "f0": int(variant.f0), "version": variant.version, "sr": variant.sr}
-    inference = {k: v for k, v in state_g.items() if not k.startswith("enc_q.")}
-    named = _named_config(ckpt, {k.replace("weight_v", "weight"): v for k, v in inference.items()}, "HiFi-GAN", "ref")
-    seg = R.SEGMENT_SAMPLES[variant.sample_rate] // R.HOPS[variant.sample_rate]
-    spec = L.SpectrogramConfig.for_rate(variant.sample_rate)
-    g = TrainingSynthesizer(SynthesizerConfig.from_dict(named), seg, spec.bins)
-    d = MultiPeriodDiscriminator(variant.version)
-    params_g = {k: mx.array(v) for k, v in generator_params(state_g).items()}
-    params_d = {k: mx.array(v) for k, v in discriminator_params(state_d).items()}
-    check_params(training_params(g), params_g, "generator")
-    check_params(training_params(d), params_d, "discriminator")
-    trainer = Trainer(g, d, params_g, params_d, spec)
-    return trainer
-
-
-def _batch(variant: Variant, b: dict) -> Batch:
-    lengths = mx.array(b["lengths"].astype(np.int32))
-    return Batch(
-        phone=mx.array(b["phone"]), phone_lengths=lengths,
-        pitch=mx.array(b["pitch"].astype(np.int32)) if variant.f0 else None,
-        pitchf=mx.array(b["pitchf"]) if variant.f0 else None,
-        spec=mx.array(b["spec"].transpose(0, 2, 1)), spec_lengths=lengths,
-        wave=mx.array(b["wave"]), sid=mx.array(b["sid"].astype(np.int32)),
-    )
-
-
-def _noise(n: dict) -> TrainNoise:
-    return TrainNoise(eps=mx.array(n["eps"].transpose(0, 2, 1)), starts=mx.array(n["starts"].astype(np.int32)),
-                      source=mx.array(n["source"][..., 0]))
 
 
 def _torch_as_ours(name: str, value: np.ndarray, discriminator: bool) -> np.ndarray:
@@ -114,14 +72,14 @@ def run_step(variant: Variant, fault=None) -> dict:
     otherwise the noise-level sign flips of the discriminator's first Adam step would move the generator's
     gradients by ~1e-3 and hide real differences."""
     net_g, net_d = R.build_networks(variant)
-    trainer = _ours(variant, net_g, net_d)
+    trainer = ours_trainer(variant, net_g, net_d)
     start_d = dict(trainer.params_d)
     batch = R.make_batch(variant, LENGTHS)
     noise = R.make_noise(variant, batch)
     if fault:
         fault(trainer)
     ref = R.reference_step(net_g, net_d, variant, batch, noise)
-    d_after = {k: mx.array(v) for k, v in discriminator_params(_numpy_state(net_d)).items()}
+    d_after = {k: mx.array(v) for k, v in discriminator_params(numpy_state(net_d)).items()}
     worst = {"loss": 0.0, "norm": 0.0, "grad": 0.0, "optimizer": 0.0, "param": 0.0, "elements": 0, "uncertain": 0}
 
     def between(tr):
@@ -131,21 +89,26 @@ def run_step(variant: Variant, fault=None) -> dict:
         tr.compared_d = dict(tr.params_d)
         tr.params_d = d_after
 
-    ours = trainer.step(_batch(variant, batch), _noise(noise), keep_grads=True, between=between)
+    ours = trainer.step(mlx_batch(batch, variant.f0), mlx_noise(noise), keep_grads=True, between=between)
     for k, v in ref["losses"].items():
         worst["loss"] = max(worst["loss"], _rel(ours.losses[k], v))
     for mine, theirs in ((ours.grad_norm_g, ref["norm_g"]), (ours.grad_norm_d, ref["norm_d"])):
         assert set(mine) == set(theirs)
         for k, v in theirs.items():
             worst["norm"] = max(worst["norm"], _rel(mine[k], v))
-    _params_within({"params": trainer.compared_d, "grads": ours.grads_d}, _numpy_state(net_d), ref["grads_d"], True,
+    _params_within({"params": trainer.compared_d, "grads": ours.grads_d}, numpy_state(net_d), ref["grads_d"], True,
                    worst)
-    _params_within({"params": trainer.params_g, "grads": ours.grads_g}, _numpy_state(net_g), ref["grads_g"], False,
+    _params_within({"params": trainer.params_g, "grads": ours.grads_g}, numpy_state(net_g), ref["grads_g"], False,
                    worst)
     return worst
 
 
-@pytest.mark.parametrize("variant", [Variant("v2", "40k", True)], ids=lambda v: v.name)
+OTHER_VARIANTS = [Variant("v1", "40k", False), Variant("v1", "32k", True), Variant("v2", "48k", True),
+                  Variant("v2", "32k", False)]  # ~1 min each: the slow set
+
+
+@pytest.mark.parametrize("variant", [Variant("v2", "40k", True)]
+                         + [pytest.param(v, marks=pytest.mark.slow) for v in OTHER_VARIANTS], ids=lambda v: v.name)
 def test_one_training_step_matches_rvc(variant):
     worst = run_step(variant)
     print("\nWORST", variant.name, worst)

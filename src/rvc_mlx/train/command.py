@@ -9,12 +9,14 @@ that is given them.
 from __future__ import annotations
 
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
 from ..errors import InputError
 from ..service.args import add_base_model_flags
 
+BAR = 20  # characters of the fit step's progress bar
 STEPS = ("all", "prepare", "features", "index", "fit", "export")
 
 
@@ -55,6 +57,8 @@ def run_step(step: str, args) -> None:
         report = prepare(args.dataset, exp, s.sample_rate, progress=_progress("prepare"))
         print(file=sys.stderr)
         print(report.summary())
+        if len(report.speakers) > 1:
+            print("  speakers: " + ", ".join(f"{sid} {name}" for name, sid in report.speakers.items()))
         for skip in report.skipped:
             print(f"  skipped {skip.source}: {skip.reason}{f' ({skip.detail})' if skip.detail else ''}")
     elif step == "features":
@@ -70,6 +74,7 @@ def run_step(step: str, args) -> None:
 
         print(f"index: {build_index(exp, s.name, s.version)}")
     elif step == "fit":
+        from . import plots
         from .data import TrainingSet
         from .fit import FitConfig, fit
         from .session import new_trainer
@@ -78,16 +83,25 @@ def run_step(step: str, args) -> None:
         data = TrainingSet(exp, s.version, s.use_f0, s.spectrogram(), sid=args.speaker)
         cfg = FitConfig(epochs=args.epochs, batch_size=args.batch_size, save_every=args.save_every, seed=args.seed)
 
-        def show(epoch, step_no, losses):
-            print(f"\repoch {epoch}/{args.epochs} step {step_no}: mel {losses['mel']:.3f} kl {losses['kl']:.3f} "
-                  f"fm {losses['fm']:.3f} gen {losses['gen']:.3f} disc {losses['disc']:.3f}".ljust(90),
-                  end="", file=sys.stderr, flush=True)
+        started = time.monotonic()
+        steps_run = [0]
+
+        def show(epoch, step_no, losses, done, total):
+            steps_run[0] += 1
+            per_step = (time.monotonic() - started) / steps_run[0]
+            bar = "#" * (BAR * done // total)
+            print(f"\repoch {epoch}/{args.epochs} [{bar:<{BAR}}] {done}/{total} {per_step:.1f} s/step | "
+                  f"mel {losses['mel']:.3f} kl {losses['kl']:.3f} fm {losses['fm']:.3f} gen {losses['gen']:.3f} "
+                  f"disc {losses['disc']:.3f}", end="", file=sys.stderr, flush=True)
 
         report = fit(exp, trainer, data, cfg, meta={"name": s.name}, progress=show)
         print(file=sys.stderr)
         print(f"fit: epoch {report.epochs}, step {report.steps}"
               + (f" (resumed from {report.resumed_from})" if report.resumed_from else "")
               + (f"; checkpoint {report.checkpoint}" if report.checkpoint else ""))
+        if report.steps:
+            print(f"  loss log {exp / plots.LOG_FILE}, curves {exp / plots.PLOTS_DIR / 'losses.svg'}, "
+                  f"mel pictures {exp / plots.PLOTS_DIR}/mel_EPOCH.png")
     elif step == "export":
         from .fit import latest_checkpoint, load_checkpoint
         from .session import export_voice_files, new_trainer
@@ -123,7 +137,8 @@ def add_commands(sub) -> None:
     p.add_argument("--epochs", type=int, default=20, help="fit: total epochs (default 20)")
     p.add_argument("--batch-size", type=int, default=4, help="fit: segments per step (default 4)")
     p.add_argument("--save-every", type=int, default=5, help="fit: checkpoint every N epochs (default 5)")
-    p.add_argument("--speaker", type=int, default=0, help="fit: speaker id of this dataset (default 0)")
+    p.add_argument("--speaker", type=int, help="fit: speaker id of a one-speaker dataset (default 0; a dataset "
+                   "with speaker subfolders uses their ids)")
     p.add_argument("--seed", type=int, default=1234, help="fit: random seed (batches, noise, scratch weights)")
     p.add_argument("-o", "--output", help="export: folder for NAME.safetensors and NAME.pth (default: EXP)")
     p.set_defaults(func=cmd_train)

@@ -24,6 +24,7 @@ from ..atomic import atomic_write
 from ..errors import InputError
 from . import losses as L
 from .features import FEATURE_DIRS
+from .prepare import MANIFEST, segment_speakers
 from .nets import Batch
 
 MAX_FRAMES = 900  # RVC's get_labels cut
@@ -61,13 +62,21 @@ def _load_npy(path: Path) -> np.ndarray:
         raise InputError(f"{path}: cannot read ({e})") from None
 
 
+def _file_index(name: str) -> int:
+    """The recording's index in a segment name ``FILE_SEGMENT`` (-1 for a name not made by prepare)."""
+    head = name.split("_", 1)[0]
+    return int(head) if head.isdigit() else -1
+
+
 class TrainingSet:
     """The segments of ``exp_dir`` present in every folder the model needs (RVC's ``filelist.txt``)."""
 
     def __init__(self, exp_dir: str | os.PathLike, version: str, use_f0: bool, spec: L.SpectrogramConfig,
-                 sid: int = 0):
+                 sid: int | None = None):
+        """``sid``: the speaker id of every segment; None: each segment's speaker as the prepare step recorded
+        it (a dataset with speaker subfolders), else 0."""
         self.exp = Path(exp_dir)
-        self.version, self.use_f0, self.spec, self.sid = version, use_f0, spec, sid
+        self.version, self.use_f0, self.spec = version, use_f0, spec
         self.gt = self.exp / "0_gt_wavs"
         self.feat = self.exp / FEATURE_DIRS[version]
         folders = [self.gt, self.feat] + ([self.exp / "2a_f0", self.exp / "2b-f0nsf"] if use_f0 else [])
@@ -82,6 +91,11 @@ class TrainingSet:
         if not self.names:
             raise InputError(f"{self.exp}: no segment has all of its training files (wav, features"
                              f"{', f0' if use_f0 else ''})")
+        recorded = segment_speakers(self.exp)
+        if sid is not None and len(set(recorded.values())) > 1:
+            raise InputError(f"{self.exp / MANIFEST}: the dataset has {len(set(recorded.values()))} speakers "
+                             "(its subfolders); a single speaker id does not apply")
+        self.sids = [sid if sid is not None else recorded.get(_file_index(n), 0) for n in self.names]
         self._lengths: list[int] | None = None
 
     def __len__(self) -> int:
@@ -117,7 +131,7 @@ class TrainingSet:
         if n < 1:
             raise InputError(f"{self.gt / name}.wav: too short to train on")
         cut = lambda a: None if a is None else a[:n]  # noqa: E731
-        return Item(name, wave[: n * self.spec.hop], spec[:n], phone[:n], cut(pitch), cut(pitchf), self.sid)
+        return Item(name, wave[: n * self.spec.hop], spec[:n], phone[:n], cut(pitch), cut(pitchf), self.sids[i])
 
     def lengths(self) -> list[int]:
         """Spectrogram frames per item (for the buckets), from the wav lengths."""

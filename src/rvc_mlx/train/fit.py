@@ -24,12 +24,14 @@ from pathlib import Path
 
 import mlx.core as mx
 import mlx.optimizers as optim
+import numpy as np
 
 from ..atomic import atomic_write
 from ..backend import enabled, set_enabled
 from ..errors import InputError
 from ..nn.conv import training_convs
 from . import losses as L
+from . import plots
 from .data import BUCKET_BOUNDARIES, TrainingSet, collate, epoch_batches
 from .nets import Batch, MultiPeriodDiscriminator, TrainingSynthesizer, TrainNoise, load_params, slice_segments
 from .pretrained import check_params
@@ -94,6 +96,7 @@ class StepResult:
     starts: list[int] = field(default_factory=list)
     grads_g: dict[str, mx.array] | None = None
     grads_d: dict[str, mx.array] | None = None
+    mels: tuple[mx.array, mx.array] | None = None  # log mel of the first item's segment: real, generated
 
 
 class Trainer:
@@ -135,7 +138,7 @@ class Trainer:
         losses = {"disc": d["loss"], **g["losses"]}
         starts = [int(s) for s in noise.starts.tolist()]
         kept = (g["grads"], d["grads"]) if keep_grads else (None, None)
-        return StepResult(losses, g["norms"], d["norms"], starts, *kept)
+        return StepResult(losses, g["norms"], d["norms"], starts, *kept, mels=g["mels"])
 
     def update_discriminator(self, batch: Batch, noise: TrainNoise) -> dict:
         """The discriminator's LSGAN update on ``(y, stop_gradient(y_hat))``. Call within ``training_mode``."""
@@ -170,14 +173,14 @@ class Trainer:
                 "fm": L.feature_loss(f_r, f_g),
                 "gen": L.generator_loss(d_g)[0],
             }
-            return sum(terms.values()), terms
+            return sum(terms.values()), (terms, y_hat_mel[0])
 
-        (loss, terms), grads = mx.value_and_grad(g_loss)(self.params_g)
+        (loss, (terms, mel_0)), grads = mx.value_and_grad(g_loss)(self.params_g)
         norms = grad_norms(grads)
         self.params_g = self.opt_g.apply_gradients(grads, self.params_g)
         mx.eval(self.params_g, self.opt_g.state)
         losses = {"gen_all": float(loss), **{k: float(v) for k, v in terms.items()}}
-        return {"losses": losses, "norms": norms, "grads": grads}
+        return {"losses": losses, "norms": norms, "grads": grads, "mels": (y_mel[0], mel_0)}
 
 
 # -- the loop ------------------------------------------------------------------------------------------------
@@ -199,7 +202,7 @@ class FitConfig:
     keep: int = 2  # checkpoints kept
     seed: int = 1234
     segment_frames: int | None = None
-    speaker: int = 0
+    plots: bool = True  # the loss log, loss curves and a mel picture per epoch (train/plots.py)
     optim: OptimConfig = field(default_factory=OptimConfig)
 
 
@@ -285,14 +288,21 @@ def fit(exp_dir: str | os.PathLike, trainer: Trainer, data: TrainingSet, cfg: Fi
 
     With ``resume`` the newest checkpoint is loaded first and training goes on from the epoch after it: the
     batches and random inputs of a step depend only on the seed, epoch and step, so an interrupted and resumed
-    run ends with the weights of an uninterrupted one. ``progress(epoch, step, losses)`` after each step. A kill
-    loses at most the steps since the last checkpoint."""
+    run ends with the weights of an uninterrupted one. ``progress(epoch, step, losses, done, total)`` after each
+    step (``done`` of the epoch's ``total`` steps). A kill loses at most the steps since the last checkpoint.
+    With ``cfg.plots`` the loss log, loss curves and a mel picture are written per epoch (train/plots.py)."""
     meta = dict(meta or {})
+    n_speakers = trainer.net_g.config.n_speakers
+    if max(data.sids) >= n_speakers:
+        raise InputError(f"{data.exp}: speaker id {max(data.sids)} in the data; the model has {n_speakers} "
+                         "speaker embeddings")
     start_epoch, step, resumed = 1, 0, None
     found = latest_checkpoint(exp_dir) if resume else None
     if found is not None:
         saved = load_checkpoint(found, trainer)
         start_epoch, step, resumed = int(saved["epoch"]) + 1, int(saved["step"]), str(found)
+    if cfg.plots:
+        plots.truncate_log(exp_dir, step)  # steps after the checkpoint (a killed run's) are redone
     report = FitReport(epochs=start_epoch - 1, steps=step, resumed_from=resumed)
     lengths = data.lengths()
     for epoch in range(start_epoch, cfg.epochs + 1):
@@ -301,15 +311,19 @@ def fit(exp_dir: str | os.PathLike, trainer: Trainer, data: TrainingSet, cfg: Fi
         if not batches:
             raise InputError(f"{data.exp}: no segment is between {BUCKET_BOUNDARIES[0]} and "
                              f"{BUCKET_BOUNDARIES[-1]} frames long (RVC's length buckets)")
-        for indices in batches:
+        first = len(report.losses)
+        for k, indices in enumerate(batches):
             step += 1
             batch = collate([data.item(i) for i in indices], data.use_f0)
             noise = trainer.net_g.draw_noise(batch, step_key(cfg.seed, step))
             result = trainer.step(batch, noise)
             report.losses.append({"epoch": epoch, "step": step, **result.losses})
             if progress is not None:
-                progress(epoch, step, result.losses)
+                progress(epoch, step, result.losses, k + 1, len(batches))
         report.epochs, report.steps = epoch, step
+        if cfg.plots:
+            plots.append_log(exp_dir, report.losses[first:])
+            plots.write_epoch(exp_dir, epoch, tuple(np.array(m) for m in result.mels))
         if epoch % cfg.save_every == 0 or epoch == cfg.epochs:
             report.checkpoint = str(save_checkpoint(exp_dir, trainer, epoch, step, cfg.keep, meta))
     return report

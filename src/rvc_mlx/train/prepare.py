@@ -15,11 +15,16 @@ The semantics are RVC WebUI's dataset preprocessing (``PreProcess.pipeline``), c
    ``EXP/1_16k_wavs/{file}_{segment}.wav`` at 16 kHz (soxr HQ, librosa's default resampler, length
    ``ceil(n * 16000 / sr)`` as librosa's ``fix=True`` gives).
 
-``{file}`` is the file's index among the dataset's files sorted by name (hidden files and subfolders are not read),
+``{file}`` is the file's index among the dataset's files sorted by name (hidden files are not read),
 ``{segment}`` counts the segments cut from that file (a filtered segment keeps its number, so names do not depend
 on the filter). RVC's own loop numbers the last segment of a slice one too high, so a following slice longer than
 4 s overwrites it with its first segment (the tail is lost: about one segment in five on test takes); here every
 segment gets its own number, as in Applio.
+
+Several speakers: a dataset folder with subfolders is a multi-speaker set, one speaker per subfolder (its files
+directly inside it). Speaker ids follow the folders' name order from 0; files directly in the dataset folder, if
+any, are speaker 0 and the folders follow. File indices run over the speakers in that order. The ids are kept in
+``prepare.json`` (``speakers``: name -> id, and each file's ``speaker``) for the fit step.
 
 What rvc-mlx adds: a report of what was skipped and why (:class:`PrepareReport`); files that are silent (digital
 silence, or no slicer frame reaching the threshold) are skipped rather than written as a scrap of amplified
@@ -254,7 +259,7 @@ class PrepareReport:
 
     dataset: str
     sample_rate: int
-    files: int = 0  # files in the dataset folder (hidden files and subfolders not counted)
+    files: int = 0  # recordings in the dataset folder and its speaker subfolders (hidden files not counted)
     processed: int = 0  # files read and cut in this run
     reused: int = 0  # files whose outputs from an earlier run were complete and kept
     segments: int = 0  # segments in the experiment folder for this dataset
@@ -263,6 +268,7 @@ class PrepareReport:
     resampled: int = 0  # files whose own sample rate was not the model's (resampled on reading)
     removed: int = 0  # stale outputs deleted (of files no longer in the dataset, or redone with fewer segments)
     skipped: list[Skipped] = field(default_factory=list)
+    speakers: dict[str, int] = field(default_factory=dict)  # speaker name (folder) -> id
 
     def summary(self) -> str:
         """One line for a front end."""
@@ -272,6 +278,7 @@ class PrepareReport:
         skip = ", ".join(f"{n} {r}" for r, n in reasons.items())
         return (f"{self.files} files -> {self.segments} segments ({self.seconds:.1f} s at {self.sample_rate} Hz); "
                 f"{self.processed} prepared, {self.reused} already done"
+                + (f", {len(self.speakers)} speakers" if len(self.speakers) > 1 else "")
                 + (f", {self.resampled} resampled" if self.resampled else "")
                 + (f"; skipped: {skip}" if skip else ""))
 
@@ -280,18 +287,46 @@ class PrepareReport:
 # files
 
 
-def _dataset_files(dataset: Path) -> list[Path]:
+@dataclass(frozen=True)
+class Source:
+    """One recording: its name in the manifest (``FILE`` or ``SPEAKER/FILE``), path and speaker id."""
+
+    key: str
+    path: Path
+    speaker: int
+
+
+def _listing(folder: Path) -> list[Path]:
+    try:
+        return sorted((p for p in folder.iterdir() if not p.name.startswith(".")), key=lambda p: p.name)
+    except OSError as e:
+        raise InputError(f"{folder}: cannot list the dataset folder ({e.strerror})") from None
+
+
+def _dataset_files(dataset: Path) -> tuple[list[Source], dict[str, int]]:
+    """The recordings in name order, speaker by speaker, and the speakers' ids (see the module docstring)."""
     if not dataset.is_dir():
         raise InputError(f"{dataset}: dataset folder not found" if not dataset.exists()
                          else f"{dataset}: not a folder (give the folder holding the recordings)")
+    entries = _listing(dataset)
+    groups = [(dataset.name, "", [p for p in entries if p.is_file()])]
+    groups += [(d.name, f"{d.name}/", [p for p in _listing(d) if p.is_file()]) for d in entries if d.is_dir()]
+    groups = [g for g in groups if g[2]]
+    if not groups:
+        raise InputError(f"{dataset}: no audio files in the dataset folder (or in its speaker subfolders)")
+    speakers = {name: sid for sid, (name, _, _) in enumerate(groups)}
+    files = [Source(prefix + p.name, p, speakers[name]) for name, prefix, paths in groups for p in paths]
+    return files, speakers
+
+
+def segment_speakers(exp_dir: str | os.PathLike) -> dict[int, int]:
+    """File index -> speaker id, as the last prepare recorded them (an experiment prepared before speakers were
+    recorded, or not by this step, gives ``{}``: one speaker)."""
     try:
-        entries = sorted(dataset.iterdir(), key=lambda p: p.name)
-    except OSError as e:
-        raise InputError(f"{dataset}: cannot list the dataset folder ({e.strerror})") from None
-    files = [p for p in entries if not p.name.startswith(".") and p.is_file()]
-    if not files:
-        raise InputError(f"{dataset}: no audio files in the dataset folder (subfolders are not read)")
-    return files
+        data = json.loads((Path(exp_dir) / MANIFEST).read_text(encoding="utf-8"))
+        return {int(rec["index"]): int(rec.get("speaker", 0)) for rec in data["files"].values()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}
 
 
 def _write_wav(path: Path, x: np.ndarray, sr: int) -> None:
@@ -317,8 +352,9 @@ def _read_manifest(exp: Path, sr: int) -> dict:
     return files if isinstance(files, dict) else {}
 
 
-def _write_manifest(exp: Path, sr: int, records: dict) -> None:
-    text = json.dumps({"version": MANIFEST_VERSION, "sample_rate": sr, "files": records}, indent=1, sort_keys=True)
+def _write_manifest(exp: Path, sr: int, records: dict, speakers: dict[str, int]) -> None:
+    text = json.dumps({"version": MANIFEST_VERSION, "sample_rate": sr, "speakers": speakers, "files": records},
+                      indent=1, sort_keys=True)
 
     def write(tmp: str) -> None:
         with open(tmp, "w", encoding="utf-8") as f:
@@ -376,13 +412,13 @@ def _remove_stale(folders: list[Path], keep: dict[int, set[str]], indices: set[i
 # the step
 
 
-def _read(path: Path, sr: int) -> tuple[np.ndarray, int]:
+def _read(path: Path, label: str, sr: int) -> tuple[np.ndarray, int]:
     """``audio.load``'s steps, keeping the file's own rate for the report: float32 (N,) at ``sr``."""
     x, file_sr = audio.read(path)
     if x.size < audio.MIN_SECONDS * file_sr:
-        raise _TooShort(f"{path.name}: {x.size / max(file_sr, 1):.3f} s long; at least {audio.MIN_SECONDS} s "
+        raise _TooShort(f"{label}: {x.size / max(file_sr, 1):.3f} s long; at least {audio.MIN_SECONDS} s "
                         "is needed")
-    x = audio.check(x, file_sr, path.name)
+    x = audio.check(x, file_sr, label)
     return audio.resample(x, file_sr, sr), file_sr
 
 
@@ -390,14 +426,14 @@ class _TooShort(AudioError):
     pass
 
 
-def _prepare_file(path: Path, idx0: int, sr: int, slicer: Slicer, gt: Path, w16: Path) -> dict:
+def _prepare_file(path: Path, label: str, idx0: int, sr: int, slicer: Slicer, gt: Path, w16: Path) -> dict:
     """Cut one file into segments and write them. Returns its record: outputs (stems), skipped items, seconds,
     the file's own rate. Unreadable input raises ``AudioError``."""
-    x, file_sr = _read(path, sr)
+    x, file_sr = _read(path, label, sr)
     record = {"outputs": [], "skipped": [], "seconds": 0.0, "source_rate": file_sr}
     x = highpass(x, sr)
     if not np.any(slicer.frame_rms(x) >= slicer.threshold):
-        record["skipped"].append([None, SILENT, f"{path.name}: no sound above {SLICE_THRESHOLD_DB:g} dB"])
+        record["skipped"].append([None, SILENT, f"{label}: no sound above {SLICE_THRESHOLD_DB:g} dB"])
         return record
     idx1 = 0
     for a, b in slicer.bounds(x):
@@ -411,14 +447,14 @@ def _prepare_file(path: Path, idx0: int, sr: int, slicer: Slicer, gt: Path, w16:
                 reason = FILTERED if peak > PEAK_LIMIT else SILENT
                 why = (f"peak {peak:.2f} above {PEAK_LIMIT}" if reason == FILTERED
                        else "segment is silent or empty")
-                record["skipped"].append([stem, reason, f"{path.name} segment {stem}: {why}"])
+                record["skipped"].append([stem, reason, f"{label} segment {stem}: {why}"])
                 continue
             _write_wav(gt / f"{stem}.wav", seg, sr)
             _write_wav(w16 / f"{stem}.wav", to_16k(seg, sr), FEATURE_RATE)
             record["outputs"].append(stem)
             record["seconds"] += len(seg) / sr
     if not record["outputs"] and not record["skipped"]:
-        record["skipped"].append([None, SILENT, f"{path.name}: the slicer kept nothing"])
+        record["skipped"].append([None, SILENT, f"{label}: the slicer kept nothing"])
     return record
 
 
@@ -438,7 +474,7 @@ def prepare(dataset_dir: str | os.PathLike, exp_dir: str | os.PathLike, sample_r
     if sample_rate not in SAMPLE_RATES:
         raise InputError(f"sample rate {sample_rate}: RVC models use {', '.join(map(str, SAMPLE_RATES))} Hz")
     dataset, exp = Path(dataset_dir), Path(exp_dir)
-    files = _dataset_files(dataset)
+    files, speakers = _dataset_files(dataset)
     gt, w16 = exp / GT_DIR, exp / WAVS_16K_DIR
     for folder in (gt, w16):
         try:
@@ -448,15 +484,16 @@ def prepare(dataset_dir: str | os.PathLike, exp_dir: str | os.PathLike, sample_r
     old = _read_manifest(exp, sample_rate)
     present = [_outputs(gt), _outputs(w16)]
     slicer = Slicer(sample_rate)
-    report = PrepareReport(dataset=str(dataset), sample_rate=sample_rate, files=len(files))
+    report = PrepareReport(dataset=str(dataset), sample_rate=sample_rate, files=len(files), speakers=speakers)
     records: dict[str, dict] = {}
-    for idx0, path in enumerate(files):
+    for idx0, source in enumerate(files):
+        path, key = source.path, source.key
         try:
             signature = _signature(path, idx0)
         except OSError as e:
             signature = None
-            detail = f"{path.name}: cannot read ({e.strerror or type(e).__name__})"
-        rec = old.get(path.name) if signature is not None else None
+            detail = f"{key}: cannot read ({e.strerror or type(e).__name__})"
+        rec = old.get(key) if signature is not None else None
         done = (_valid_record(rec)
                 and all(rec.get(k) == v for k, v in signature.items())
                 and all(set(rec.get("outputs", ())) <= p.get(idx0, set()) for p in present))
@@ -464,7 +501,7 @@ def prepare(dataset_dir: str | os.PathLike, exp_dir: str | os.PathLike, sample_r
             report.reused += 1
         elif signature is not None:
             try:
-                rec = dict(signature, **_prepare_file(path, idx0, sample_rate, slicer, gt, w16))
+                rec = dict(signature, **_prepare_file(path, key, idx0, sample_rate, slicer, gt, w16))
                 report.processed += 1
                 report.written += len(rec["outputs"])
             except _TooShort as e:
@@ -476,26 +513,28 @@ def prepare(dataset_dir: str | os.PathLike, exp_dir: str | os.PathLike, sample_r
             except OutputError:  # cannot write the experiment folder: stop
                 raise
             except (RvcMlxError, OSError) as e:
-                rec, detail = None, str(e) if isinstance(e, RvcMlxError) else f"{path.name}: {e}"
+                rec, detail = None, str(e) if isinstance(e, RvcMlxError) else f"{key}: {e}"
         if rec is None:  # unreadable: not recorded, so a later run tries again
-            report.skipped.append(Skipped(path.name, UNREADABLE, " ".join(detail.split())))
+            report.skipped.append(Skipped(key, UNREADABLE, " ".join(detail.split())))
         else:
-            records[path.name] = rec
+            rec["speaker"] = source.speaker  # ids may move when speakers are added; the audio does not
+            records[key] = rec
             report.segments += len(rec["outputs"])
             report.seconds += rec["seconds"]
             report.resampled += rec["source_rate"] not in (None, sample_rate)
-            report.skipped += [Skipped(path.name, r, d, s) for s, r, d in rec["skipped"]]
+            report.skipped += [Skipped(key, r, d, s) for s, r, d in rec["skipped"]]
             if not done:  # its outputs of an earlier run that this run did not write again
                 keep = {idx0: set(rec["outputs"])}
                 report.removed += _remove_stale([gt, w16], keep, {idx0})
-                _write_manifest(exp, sample_rate, {**{k: v for k, v in old.items() if k not in records}, **records})
+                _write_manifest(exp, sample_rate, {**{k: v for k, v in old.items() if k not in records}, **records},
+                                speakers)
         if progress is not None:
-            progress(idx0 + 1, len(files), path.name)
+            progress(idx0 + 1, len(files), key)
     # outputs of files that are no longer in the dataset (or of unreadable ones)
     live = {rec["index"]: set(rec["outputs"]) for rec in records.values()}
     stale = {i for p in present for i in p} - set(live)
     report.removed += _remove_stale([gt, w16], live, stale | set(live))
-    _write_manifest(exp, sample_rate, records)
+    _write_manifest(exp, sample_rate, records, speakers)
     if report.segments == 0:
         raise InputError(f"{dataset}: no usable audio ({report.summary()})")
     return report
