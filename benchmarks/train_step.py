@@ -41,7 +41,7 @@ def main() -> None:
     from rvc_mlx.bench import peak_rss_mb
     from tests.reference import rvc_training as R
     from tests.reference.rvc_models import Variant
-    from tests.test_train_step import _batch, _noise, _ours
+    from tests.train_support import mlx_batch, mlx_noise, ours_trainer
 
     variant = Variant("v2", "40k", True)
     lengths = [args.frames - 7 * i for i in range(args.batch)]
@@ -53,8 +53,8 @@ def main() -> None:
         for side in ("reference", "ours"):
             net_g, net_d = R.build_networks(variant)
             if side == "ours":
-                trainer = _ours(variant, net_g, net_d)
-                b, n = _batch(variant, batch), _noise(noise)
+                trainer = ours_trainer(variant, net_g, net_d)
+                b, n = mlx_batch(batch, variant.f0), mlx_noise(noise)
                 t0 = time.perf_counter()
                 trainer.step(b, n)
             else:

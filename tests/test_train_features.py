@@ -199,7 +199,8 @@ def test_layout_and_names_are_rvcs(v2_exp):
     assert sorted(p.name for p in (exp / "3_feature768").iterdir()) == [f"{n}.npy" for n in names]
     assert sorted(p.name for p in (exp / "2a_f0").iterdir()) == [f"{n}.wav.npy" for n in names]
     assert sorted(p.name for p in (exp / "2b-f0nsf").iterdir()) == [f"{n}.wav.npy" for n in names]
-    assert sorted(p.name for p in exp.iterdir()) == ["1_16k_wavs", "2a_f0", "2b-f0nsf", "3_feature768"]
+    assert sorted(p.name for p in exp.iterdir()) == ["1_16k_wavs", "2a_f0", "2b-f0nsf", "3_feature768", "mute"]
+    assert [p.relative_to(exp).as_posix() for p in (exp / "mute").rglob("*.npy")] == ["mute/3_feature768/mute.npy"]
     assert (report.segments, report.features_written, report.f0_written) == (3, 3, 3)
     assert (report.features_skipped, report.f0_skipped, report.nan_features) == (0, 0, [])
     assert calls == [(i + 1, 3, f"{n}.wav") for i, n in enumerate(names)]
@@ -219,6 +220,18 @@ def _hubert_frames(n):
     for k, s in zip((10, 3, 3, 3, 3, 2, 2), (5, 2, 2, 2, 2, 2, 2)):
         n = (n - k) // s + 1
     return n
+
+
+def test_mute_features_are_the_reference_hubert_of_silence(v2_exp, torch_hubert, ref_cache, tmp_path):
+    exp, _, _ = v2_exp
+    silence = tmp_path / "mute.wav"
+    sf.write(str(silence), np.zeros(int(F.MUTE_SECONDS * 16000), np.float32), 16000, subtype="FLOAT")
+    want = rvc_features(torch_hubert, silence, "v2", ref_cache)
+    got = np.load(F.mute_feature_path(exp, "v2"))
+    assert got.shape == want.shape == (149, 768)  # RVC's shipped mute.npy is 149 frames (3 s) too
+    max_abs = float(np.abs(got - want).max())
+    print(f"mute: max-abs {max_abs:.2e} (feature std {want.std():.3f})")
+    assert max_abs <= FEATURE_MAX_ABS
 
 
 def test_v2_features_match_reference(v2_exp, torch_hubert, ref_cache):
@@ -273,7 +286,7 @@ def rvc_pm(x) -> np.ndarray:
 
 def test_v1_features_and_pm_f0_match_reference(v1_exp, torch_hubert, ref_cache):
     exp, report = v1_exp
-    assert sorted(p.name for p in exp.iterdir()) == ["1_16k_wavs", "2a_f0", "2b-f0nsf", "3_feature256"]
+    assert sorted(p.name for p in exp.iterdir()) == ["1_16k_wavs", "2a_f0", "2b-f0nsf", "3_feature256", "mute"]
     assert (report.features_written, report.f0_written, report.f0_method) == (2, 2, "pm")
     for n in V1_SEGMENTS:
         wav = exp / "1_16k_wavs" / f"{n}.wav"
@@ -321,7 +334,7 @@ def test_seeded_fault_wrong_layer_fails_the_tolerance(tmp_path, hubert_st, torch
     corr, max_abs = compare_features(np.load(exp / "3_feature768" / "1_0.npy"), want)
     print(f"seeded fault (v2 from layer 9): corr {corr:.4f} max-abs {max_abs:.3f}")
     assert corr < FEATURE_CORR and max_abs > 100 * FEATURE_MAX_ABS
-    assert sorted(p.name for p in exp.iterdir()) == ["1_16k_wavs", "3_feature768"]  # no f0 folders without f0
+    assert sorted(p.name for p in exp.iterdir()) == ["1_16k_wavs", "3_feature768", "mute"]  # no f0 folders without f0
 
 
 def test_nan_features_are_not_saved_and_harvest_f0_is_rvcs(tmp_path, hubert_st, monkeypatch):

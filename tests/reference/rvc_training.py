@@ -1,6 +1,7 @@
-"""The reference training step: rvc==0.3.5's networks (``SynthesizerTrnMs*NSFsid`` with enc_q,
+"""The reference training step and loop: rvc==0.3.5's networks (``SynthesizerTrnMs*NSFsid`` with enc_q,
 ``MultiPeriodDiscriminator[V2]``), losses and mel functions, composed in the order of RVC's ``train.py``
-(discriminator update first, then the generator against the updated discriminator), AdamW as RVC builds it.
+(discriminator update first, then the generator against the updated discriminator), AdamW as RVC builds it
+(created once per run) and its per-epoch ``ExponentialLR``.
 
 The random inputs (posterior ε, segment starts, NSF source noise) are injected so both sides use the same ones.
 Test-only code.
@@ -20,15 +21,32 @@ from .rvc_models import Variant, coarse_pitch, config_list, model_class, randomi
 SEGMENT_SAMPLES = {32000: 12800, 40000: 12800, 48000: 11520}  # hps.train.segment_size per rate (rvc configs)
 HOPS = {32000: 320, 40000: 400, 48000: 480}
 N_MELS = {32000: 80, 40000: 125, 48000: 128}
+LEARNING_RATE, BETAS, ADAM_EPS, LR_DECAY = 1e-4, (0.8, 0.99), 1e-9, 0.999875  # hps.train
+C_MEL, C_KL = 45, 1.0
+# positions in the 18-item config list of the hps.model fields a tiny network changes, and of the segment size
+CONFIG_INDEX = {"segment_frames": 1, "inter_channels": 2, "hidden_channels": 3, "filter_channels": 4,
+                "n_heads": 5, "n_layers": 6, "upsample_initial_channel": 13, "spk_embed_dim": 15, "gin_channels": 16}
+BASE_HZ, STEP_HZ, PITCHES = 120.0, 15.0, 5  # make_batch's fundamental: one of PITCHES bases by seed
 
 
-def build_networks(variant: Variant, seed: int = 7):
-    """Random-weight training generator (with enc_q) and discriminator, float32, train mode."""
+def small_config(variant: Variant, sizes: dict, segment_frames: int) -> list:
+    """RVC's config list for the variant with the ``CONFIG_INDEX`` fields in ``sizes`` replaced (a tiny
+    network) and the given training segment."""
+    cfg = list(config_list(variant))
+    for name, value in {**sizes, "segment_frames": segment_frames}.items():
+        if name in CONFIG_INDEX:
+            cfg[CONFIG_INDEX[name]] = value
+    return cfg
+
+
+def build_networks(variant: Variant, seed: int = 7, cfg: list | None = None):
+    """Random-weight training generator (with enc_q; from ``cfg``, default RVC's config list) and
+    discriminator, float32, train mode."""
     sys.argv = sys.argv[:1]
     from rvc.lib.infer_pack import models
 
     torch.manual_seed(seed)
-    cfg = config_list(variant)
+    cfg = cfg or config_list(variant)
     cls = model_class(variant.version, variant.f0)
     net_g = cls(*cfg, is_half=False) if variant.f0 else cls(*cfg)
     randomize(net_g, seed)
@@ -40,7 +58,8 @@ def build_networks(variant: Variant, seed: int = 7):
 def make_batch(variant: Variant, lengths: list[int], seed: int = 0) -> dict[str, np.ndarray]:
     """A padded batch as RVC's collate builds it, from speech-like random audio: ``wave (B, T·hop)``,
     ``spec (B, 1025, T)`` (the reference's spectrogram of each item at its own length, zero padded),
-    ``phone (B, T, dim)``, ``pitch``/``pitchf`` ``(B, T)``, lengths, ``sid``."""
+    ``phone (B, T, dim)``, ``pitch``/``pitchf`` ``(B, T)``, lengths, ``sid``. Harmonic audio with a 0.7 Hz
+    vibrato around a fundamental that depends on ``seed`` (so batches of different seeds sound different)."""
     from rvc.lib.train.mel_processing import spectrogram_torch
 
     rng = np.random.default_rng(seed)
@@ -55,7 +74,7 @@ def make_batch(variant: Variant, lengths: list[int], seed: int = 0) -> dict[str,
     for i, t in enumerate(lengths):
         n = t * hop
         k = np.arange(n) / sr
-        f = 120 + 60 * np.sin(2 * math.pi * 0.7 * k + i)
+        f = BASE_HZ + STEP_HZ * (seed % PITCHES) + 60 * np.sin(2 * math.pi * 0.7 * k + i)
         ph = 2 * math.pi * np.cumsum(f) / sr
         x = 0.3 * np.sin(ph) + 0.1 * np.sin(2 * ph + 0.3) + 0.02 * rng.standard_normal(n)
         wave[i, :n] = x
@@ -69,11 +88,13 @@ def make_batch(variant: Variant, lengths: list[int], seed: int = 0) -> dict[str,
             "lengths": np.array(lengths, np.int64), "sid": np.arange(b, dtype=np.int64) % 3}
 
 
-def make_noise(variant: Variant, batch: dict, inter: int = 192, seed: int = 1) -> dict[str, np.ndarray]:
-    """Posterior ε ``(B, inter, T)`` (torch layout), segment starts ``(B,)``, source noise ``(B, L, 1)``."""
+def make_noise(variant: Variant, batch: dict, inter: int = 192, seed: int = 1,
+               segment: int | None = None) -> dict[str, np.ndarray]:
+    """Posterior ε ``(B, inter, T)`` (torch layout), segment starts ``(B,)``, source noise ``(B, L, 1)``
+    for a training segment of ``segment`` frames (default RVC's)."""
     rng = np.random.default_rng(seed)
     b, _, t = batch["spec"].shape
-    seg = SEGMENT_SAMPLES[variant.sample_rate] // HOPS[variant.sample_rate]
+    seg = segment or SEGMENT_SAMPLES[variant.sample_rate] // HOPS[variant.sample_rate]
     starts = np.array([rng.integers(0, n - seg + 1) for n in batch["lengths"]], np.int64)
     return {"eps": rng.standard_normal((b, inter, t)).astype(np.float32), "starts": starts,
             "source": rng.standard_normal((b, seg * HOPS[variant.sample_rate], 1)).astype(np.float32)}
@@ -117,17 +138,43 @@ def _norms(module: torch.nn.Module, depth: int) -> dict[str, float]:
     return out
 
 
-def reference_step(net_g, net_d, variant: Variant, batch: dict, noise: dict, lr: float = 1e-4) -> dict:
-    """One RVC training step; returns the loss terms, gradient norms and both optimisers (state after)."""
+def adamw(module: torch.nn.Module, lr: float = LEARNING_RATE) -> torch.optim.AdamW:
+    """The optimiser as RVC's train.py builds it (torch's default weight decay 0.01)."""
+    return torch.optim.AdamW(module.parameters(), lr, betas=BETAS, eps=ADAM_EPS)
+
+
+def reference_step(net_g, net_d, variant: Variant, batch: dict, noise: dict, lr: float = LEARNING_RATE) -> dict:
+    """One RVC training step with fresh optimisers; returns the loss terms, gradient norms and gradients."""
+    return train_step(net_g, net_d, adamw(net_g, lr), adamw(net_d, lr), variant, batch, noise, keep_grads=True)
+
+
+def reference_loop(net_g, net_d, variant: Variant, batches: list[dict], noises: list[dict], steps_per_epoch: int,
+                   lr: float = LEARNING_RATE) -> list[dict[str, float]]:
+    """RVC's training loop over ``batches[i]`` with ``noises[i]`` (step i), one AdamW per network for the whole
+    run, the learning rate × ``LR_DECAY`` after every ``steps_per_epoch`` steps. Returns each step's loss terms."""
+    optim_g, optim_d = adamw(net_g, lr), adamw(net_d, lr)
+    schedulers = [torch.optim.lr_scheduler.ExponentialLR(o, gamma=LR_DECAY) for o in (optim_g, optim_d)]
+    curve = []
+    for step, (batch, noise) in enumerate(zip(batches, noises), 1):
+        curve.append(train_step(net_g, net_d, optim_g, optim_d, variant, batch, noise)["losses"])
+        if step % steps_per_epoch == 0:
+            for scheduler in schedulers:
+                scheduler.step()
+    return curve
+
+
+def train_step(net_g, net_d, optim_g, optim_d, variant: Variant, batch: dict, noise: dict,
+               keep_grads: bool = False) -> dict:
+    """One RVC step (discriminator, then generator) with the given optimisers; the training segment is
+    ``net_g.segment_size`` frames. Returns the loss terms, gradient norms and (``keep_grads``) gradients."""
     from rvc.lib.infer_pack import commons
     from rvc.lib.train.losses import discriminator_loss, feature_loss, generator_loss, kl_loss
     from rvc.lib.train.mel_processing import mel_spectrogram_torch, spec_to_mel_torch
 
     sr = variant.sample_rate
-    hop, n_mels, seg_samples = HOPS[sr], N_MELS[sr], SEGMENT_SAMPLES[sr]
-    segment = seg_samples // hop
-    optim_g = torch.optim.AdamW(net_g.parameters(), lr, betas=(0.8, 0.99), eps=1e-9)
-    optim_d = torch.optim.AdamW(net_d.parameters(), lr, betas=(0.8, 0.99), eps=1e-9)
+    hop, n_mels = HOPS[sr], N_MELS[sr]
+    segment = net_g.segment_size
+    seg_samples = segment * hop
     t = {k: torch.from_numpy(v) for k, v in batch.items()}
     lengths = t["lengths"]
     with injected(noise, batch["lengths"], segment):
@@ -147,19 +194,20 @@ def reference_step(net_g, net_d, variant: Variant, batch: dict, noise: dict, lr:
     optim_d.zero_grad()
     loss_disc.backward()
     norm_d = _norms(net_d, 2)
-    grads_d = {k: p.grad.numpy().copy() for k, p in net_d.named_parameters()}
+    grads_d = {k: p.grad.numpy().copy() for k, p in net_d.named_parameters()} if keep_grads else None
     optim_d.step()
 
     y_d_hat_r, y_d_hat_g, fmap_r, fmap_g = net_d(wave, y_hat)
-    loss_mel = torch.nn.functional.l1_loss(y_mel, y_hat_mel) * 45
-    loss_kl = kl_loss(z_p, logs_q, m_p, logs_p, z_mask) * 1.0
+    loss_mel = torch.nn.functional.l1_loss(y_mel, y_hat_mel) * C_MEL
+    loss_kl = kl_loss(z_p, logs_q, m_p, logs_p, z_mask) * C_KL
     loss_fm = feature_loss(fmap_r, fmap_g)
     loss_gen, _ = generator_loss(y_d_hat_g)
     loss_gen_all = loss_gen + loss_fm + loss_mel + loss_kl
     optim_g.zero_grad()
     loss_gen_all.backward()
     norm_g = _norms(net_g, 1)
-    grads_g = {k: p.grad.numpy().copy() for k, p in net_g.named_parameters() if p.grad is not None}
+    grads_g = ({k: p.grad.numpy().copy() for k, p in net_g.named_parameters() if p.grad is not None}
+               if keep_grads else None)
     optim_g.step()
     losses = {"disc": loss_disc, "gen_all": loss_gen_all, "mel": loss_mel, "kl": loss_kl, "fm": loss_fm,
               "gen": loss_gen}

@@ -3,7 +3,8 @@
 Items (RVC's ``TextAudioLoaderMultiNSFsid``): the segment at the model rate (``0_gt_wavs``), its content features
 repeated ×2 to 100 fps (``3_feature*``) and cut to ``MAX_FRAMES``, coarse pitch and f0 (``2a_f0``, ``2b-f0nsf``;
 f0 models), the linear spectrogram of the wav (cached beside it as ``NAME.spec.npy``); all cut to the shorter of
-the features and the spectrogram.
+the features and the spectrogram. RVC's mute sample (silence, unvoiced, the embedder's features of silence from
+the features step) is added twice per speaker, as RVC's training list has it.
 
 Batches (RVC's ``DistributedBucketSampler`` on one process): items go to length buckets (spectrogram frames,
 boundaries 100..900), each bucket is shuffled and filled up to a multiple of the batch size by repeating its own
@@ -23,10 +24,12 @@ import numpy as np
 from ..atomic import atomic_write
 from ..errors import InputError
 from . import losses as L
-from .features import FEATURE_DIRS
+from ..f0.postprocess import coarse
+from .features import FEATURE_DIRS, MUTE_NAME, MUTE_SECONDS, mute_feature_path
 from .prepare import MANIFEST, segment_speakers
 from .nets import Batch
 
+MUTES_PER_SPEAKER = 2  # RVC's click_train adds its mute sample twice to the list
 MAX_FRAMES = 900  # RVC's get_labels cut
 FEATURE_REPEAT = 2  # 50 fps features -> 100 fps frames
 BUCKET_BOUNDARIES = tuple(range(100, 1000, 100))  # RVC train.py: [100, 200, ..., 900]
@@ -72,9 +75,10 @@ class TrainingSet:
     """The segments of ``exp_dir`` present in every folder the model needs (RVC's ``filelist.txt``)."""
 
     def __init__(self, exp_dir: str | os.PathLike, version: str, use_f0: bool, spec: L.SpectrogramConfig,
-                 sid: int | None = None):
+                 sid: int | None = None, mutes: int = MUTES_PER_SPEAKER):
         """``sid``: the speaker id of every segment; None: each segment's speaker as the prepare step recorded
-        it (a dataset with speaker subfolders), else 0."""
+        it (a dataset with speaker subfolders), else 0. ``mutes``: copies of RVC's mute sample per speaker
+        (when the features step has made its features), at the end of :attr:`names`."""
         self.exp = Path(exp_dir)
         self.version, self.use_f0, self.spec = version, use_f0, spec
         self.gt = self.exp / "0_gt_wavs"
@@ -96,13 +100,18 @@ class TrainingSet:
             raise InputError(f"{self.exp / MANIFEST}: the dataset has {len(set(recorded.values()))} speakers "
                              "(its subfolders); a single speaker id does not apply")
         self.sids = [sid if sid is not None else recorded.get(_file_index(n), 0) for n in self.names]
+        self.mute_features = mute_feature_path(self.exp, version)
+        self.mutes = mutes if self.mute_features.exists() else 0
+        speakers = sorted(set(self.sids))
+        self.segments = len(self.names)  # the items after these are mute samples
+        self.names += [MUTE_NAME] * (self.mutes * len(speakers))
+        self.sids += [s for s in speakers for _ in range(self.mutes)]
         self._lengths: list[int] | None = None
 
     def __len__(self) -> int:
         return len(self.names)
 
-    def _spec(self, name: str, wave: np.ndarray) -> np.ndarray:
-        cache = self.gt / f"{name}.spec.npy"
+    def _spec(self, cache: Path, wave: np.ndarray) -> np.ndarray:
         if cache.exists():
             spec = _load_npy(cache)
             if spec.ndim == 2 and spec.shape[1] == self.spec.bins:
@@ -116,17 +125,32 @@ class TrainingSet:
         atomic_write(cache, save)
         return spec
 
+    def _mute_wave(self) -> np.ndarray:
+        return np.zeros(int(MUTE_SECONDS * self.spec.sample_rate), np.float32)
+
     def item(self, i: int) -> Item:
         name = self.names[i]
-        wave = _read_wav(self.gt / f"{name}.wav", self.spec.sample_rate)
-        phone = np.repeat(_load_npy(self.feat / f"{name}.npy").astype(np.float32), FEATURE_REPEAT, axis=0)
-        pitch = pitchf = None
+        if i >= self.segments:  # digital silence, unvoiced, with the embedder's features of silence
+            wave = self._mute_wave()
+            phone = _load_npy(self.mute_features)
+            frames = len(wave) // self.spec.hop + 1
+            pitchf = np.zeros(frames, np.float32)
+            pitch = coarse(pitchf).astype(np.int32)
+            cache = self.mute_features.parent.parent / f"{MUTE_NAME}_{self.spec.sample_rate}.spec.npy"
+        else:
+            wave = _read_wav(self.gt / f"{name}.wav", self.spec.sample_rate)
+            phone = _load_npy(self.feat / f"{name}.npy")
+            if self.use_f0:
+                pitch = _load_npy(self.exp / "2a_f0" / f"{name}.wav.npy").astype(np.int32)
+                pitchf = _load_npy(self.exp / "2b-f0nsf" / f"{name}.wav.npy").astype(np.float32)
+            cache = self.gt / f"{name}.spec.npy"
+        phone = np.repeat(phone.astype(np.float32), FEATURE_REPEAT, axis=0)
         n = min(len(phone), MAX_FRAMES)
-        if self.use_f0:
-            pitch = _load_npy(self.exp / "2a_f0" / f"{name}.wav.npy").astype(np.int32)
-            pitchf = _load_npy(self.exp / "2b-f0nsf" / f"{name}.wav.npy").astype(np.float32)
+        if not self.use_f0:
+            pitch = pitchf = None
+        else:
             n = min(n, len(pitch), len(pitchf))
-        spec = self._spec(name, wave)
+        spec = self._spec(cache, wave)
         n = min(n, len(spec))
         if n < 1:
             raise InputError(f"{self.gt / name}.wav: too short to train on")
@@ -138,7 +162,9 @@ class TrainingSet:
         if self._lengths is None:
             import soundfile as sf
 
-            self._lengths = [sf.info(str(self.gt / f"{n}.wav")).frames // self.spec.hop for n in self.names]
+            names = self.names[: self.segments]
+            self._lengths = [sf.info(str(self.gt / f"{n}.wav")).frames // self.spec.hop for n in names]
+            self._lengths += [len(self._mute_wave()) // self.spec.hop] * (len(self.names) - self.segments)
         return self._lengths
 
 

@@ -19,6 +19,10 @@ Semantics of RVC WebUI's ``extract_feature_print.py`` and ``extract_f0_print.py`
 - Features containing NaN are not saved (RVC's rule); the report lists them, and a later run tries them again.
 - Resumable as RVC: a segment's features are skipped when their file exists, its F0 when both F0 files exist.
   Every file is written atomically, so an interrupted run leaves no partial output.
+- RVC's "mute" sample (the two silent items it adds to every training list, so a voice learns silence): its
+  features are this embedder's on ``MUTE_SECONDS`` of digital silence, written to ``EXP/mute/3_feature*/mute.npy``
+  (outside the segment folders, so the index does not see it); its audio and pitch are zeros, made by the
+  trainer.
 """
 
 from __future__ import annotations
@@ -40,6 +44,9 @@ COARSE_DIR = "2a_f0"
 F0_DIR = "2b-f0nsf"
 FEATURE_DIRS = {"v1": "3_feature256", "v2": "3_feature768"}
 FEATURE_DIMS = {"v1": 256, "v2": 768}
+MUTE_DIR = "mute"
+MUTE_NAME = "mute"
+MUTE_SECONDS = 3.0  # the length of RVC's shipped mute samples
 WAV_SUFFIX = ".wav"
 NPY_SUFFIX = ".npy"
 Progress = Callable[[int, int, str], None]  # (done, total, segment name), the train steps' shared signature
@@ -94,6 +101,10 @@ def output_paths(exp_dir: str | os.PathLike, wav_name: str, version: str) -> tup
     return (exp / FEATURE_DIRS[version] / (stem + NPY_SUFFIX),
             exp / COARSE_DIR / (wav_name + NPY_SUFFIX),
             exp / F0_DIR / (wav_name + NPY_SUFFIX))
+
+
+def mute_feature_path(exp_dir: str | os.PathLike, version: str) -> Path:
+    return Path(exp_dir) / MUTE_DIR / FEATURE_DIRS[version] / (MUTE_NAME + NPY_SUFFIX)
 
 
 def read_segment(path: Path) -> np.ndarray:
@@ -234,5 +245,10 @@ def extract_features(exp_dir: str | os.PathLike, hubert_path: str | os.PathLike 
             raise e if str(wav) in str(e) else type(e)(f"{wav}: {e}") from None
         if progress is not None:
             progress(i + 1, len(wavs), wav.name)
+    mute = mute_feature_path(exp, version)
+    if not mute.exists():
+        mute.parent.mkdir(parents=True, exist_ok=True)
+        silence = np.zeros(int(MUTE_SECONDS * SAMPLE_RATE), np.float32)
+        save_npy(mute, models.features(silence, Path(MUTE_NAME + WAV_SUFFIX)))
     report.seconds = time.perf_counter() - start
     return report
