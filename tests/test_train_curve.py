@@ -35,7 +35,7 @@ LENGTHS = [24, 20]  # frames per item: a padded batch of two
 STEPS_PER_EPOCH = 4  # the fixed batches, in this order every epoch
 NET_SEED, NOISE_SEED = 7, 1000
 TERMS = ("disc", "gen_all", "mel", "kl", "fm", "gen")
-LONG, SHORT = 200, 4  # steps of the slow and the default-suite comparison (one epoch: the optimiser state carries)
+LONG, SHORT = 200, 4  # steps of the long and the short comparison (one epoch: the optimiser state carries)
 # Max relative gaps (raw per step / per-epoch mean) measured at LONG steps: disc 0.45/0.22 (its loss falls from
 # 8.9 to ~0.05, so the relative gap is of a small number: 0.04 absolute), gen_all 9.7e-4/2.0e-4, mel 4.3e-5/3.3e-5,
 # kl 1.8e-5/6.1e-6, fm 1.3e-2/2.3e-3, gen 9.2e-3/8.3e-4; they grow with the steps (disc 1.5e-3 at 48 steps, 2.8e-2
