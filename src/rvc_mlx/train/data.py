@@ -23,8 +23,8 @@ import numpy as np
 
 from ..atomic import atomic_write
 from ..errors import InputError
-from . import losses as L
 from ..f0.postprocess import coarse
+from . import losses as L
 from .features import FEATURE_DIRS, MUTE_NAME, MUTE_SECONDS, mute_feature_path
 from .prepare import MANIFEST, segment_speakers
 from .nets import Batch
