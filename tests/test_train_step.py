@@ -103,8 +103,9 @@ def run_step(variant: Variant, fault=None) -> dict:
     return worst
 
 
-OTHER_VARIANTS = [Variant("v1", "40k", False), Variant("v1", "32k", True), Variant("v2", "48k", True),
-                  Variant("v2", "32k", False)]  # ~1 min each: the slow set
+# ~40 s each: the slow set. 32k/48k need the reference batch's spectrogram at their own n_fft (1024 at 32k) and
+# RVC's per-rate segment in tests/reference/rvc_training.py first (make_batch uses 40k's 2048 today).
+OTHER_VARIANTS = [Variant("v1", "40k", False), Variant("v1", "40k", True), Variant("v2", "40k", False)]
 
 
 @pytest.mark.parametrize("variant", [Variant("v2", "40k", True)]
