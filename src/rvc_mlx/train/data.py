@@ -26,7 +26,7 @@ from ..errors import InputError
 from ..f0.postprocess import coarse
 from . import losses as L
 from .features import FEATURE_DIRS, MUTE_NAME, MUTE_SECONDS, mute_feature_path
-from .prepare import MANIFEST, segment_speakers
+from .prepare import MANIFEST, file_index, segment_speakers
 from .nets import Batch
 
 MUTES_PER_SPEAKER = 2  # RVC's click_train adds its mute sample twice to the list
@@ -65,12 +65,6 @@ def _load_npy(path: Path) -> np.ndarray:
         raise InputError(f"{path}: cannot read ({e})") from None
 
 
-def _file_index(name: str) -> int:
-    """The recording's index in a segment name ``FILE_SEGMENT`` (-1 for a name not made by prepare)."""
-    head = name.split("_", 1)[0]
-    return int(head) if head.isdigit() else -1
-
-
 class TrainingSet:
     """The segments of ``exp_dir`` present in every folder the model needs (RVC's ``filelist.txt``)."""
 
@@ -99,7 +93,7 @@ class TrainingSet:
         if sid is not None and len(set(recorded.values())) > 1:
             raise InputError(f"{self.exp / MANIFEST}: the dataset has {len(set(recorded.values()))} speakers "
                              "(its subfolders); a single speaker id does not apply")
-        self.sids = [sid if sid is not None else recorded.get(_file_index(n), 0) for n in self.names]
+        self.sids = [sid if sid is not None else recorded.get(file_index(n), 0) for n in self.names]
         self.mute_features = mute_feature_path(self.exp, version)
         self.mutes = mutes if self.mute_features.exists() else 0
         speakers = sorted(set(self.sids))

@@ -301,8 +301,7 @@ def fit(exp_dir: str | os.PathLike, trainer: Trainer, data: TrainingSet, cfg: Fi
     if found is not None:
         saved = load_checkpoint(found, trainer)
         start_epoch, step, resumed = int(saved["epoch"]) + 1, int(saved["step"]), str(found)
-    if cfg.plots:
-        plots.truncate_log(exp_dir, step)  # steps after the checkpoint (a killed run's) are redone
+    history = plots.truncate_log(exp_dir, step) if cfg.plots else []  # a killed run's later steps are redone
     report = FitReport(epochs=start_epoch - 1, steps=step, resumed_from=resumed)
     lengths = data.lengths()
     for epoch in range(start_epoch, cfg.epochs + 1):
@@ -322,8 +321,9 @@ def fit(exp_dir: str | os.PathLike, trainer: Trainer, data: TrainingSet, cfg: Fi
                 progress(epoch, step, result.losses, k + 1, len(batches))
         report.epochs, report.steps = epoch, step
         if cfg.plots:
+            history += report.losses[first:]
             plots.append_log(exp_dir, report.losses[first:])
-            plots.write_epoch(exp_dir, epoch, tuple(np.array(m) for m in result.mels))
+            plots.write_epoch(exp_dir, epoch, history, tuple(np.array(m) for m in result.mels))
         if epoch % cfg.save_every == 0 or epoch == cfg.epochs:
             report.checkpoint = str(save_checkpoint(exp_dir, trainer, epoch, step, cfg.keep, meta))
     return report

@@ -42,11 +42,14 @@ def read_log(exp_dir: str | os.PathLike) -> list[dict]:
     return rows
 
 
-def truncate_log(exp_dir: str | os.PathLike, last_step: int) -> None:
-    """Keep the log's steps up to ``last_step`` (the checkpoint a run resumes from)."""
-    rows = [r for r in read_log(exp_dir) if r.get("step", 0) <= last_step]
-    text = "".join(json.dumps(r) + "\n" for r in rows)
-    atomic_write(Path(exp_dir) / LOG_FILE, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+def truncate_log(exp_dir: str | os.PathLike, last_step: int) -> list[dict]:
+    """Keep the log's steps up to ``last_step`` (the checkpoint a run resumes from); returns them."""
+    logged = read_log(exp_dir)
+    rows = [r for r in logged if r.get("step", 0) <= last_step]
+    if rows != logged or not (Path(exp_dir) / LOG_FILE).exists():
+        text = "".join(json.dumps(r) + "\n" for r in rows)
+        atomic_write(Path(exp_dir) / LOG_FILE, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    return rows
 
 
 def append_log(exp_dir: str | os.PathLike, rows: list[dict]) -> None:
@@ -126,12 +129,13 @@ def losses_svg(path: str | os.PathLike, rows: list[dict], columns: int = 3) -> N
     atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
-def write_epoch(exp_dir: str | os.PathLike, epoch: int, mels: tuple[np.ndarray, np.ndarray] | None) -> dict:
-    """The epoch's mel picture and the loss curves so far. Returns the files written."""
+def write_epoch(exp_dir: str | os.PathLike, epoch: int, rows: list[dict],
+                mels: tuple[np.ndarray, np.ndarray] | None) -> dict:
+    """The epoch's mel picture and the loss curves of ``rows`` (the whole log so far). Returns the files."""
     folder = Path(exp_dir) / PLOTS_DIR
     folder.mkdir(parents=True, exist_ok=True)
     out = {"losses": str(folder / "losses.svg")}
-    losses_svg(out["losses"], read_log(exp_dir))
+    losses_svg(out["losses"], rows)
     if mels is not None:
         out["mel"] = str(folder / f"mel_{epoch:04d}.png")
         mel_png(out["mel"], *mels)

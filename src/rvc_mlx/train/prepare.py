@@ -319,6 +319,12 @@ def _dataset_files(dataset: Path) -> tuple[list[Source], dict[str, int]]:
     return files, speakers
 
 
+def file_index(stem: str) -> int | None:
+    """The recording's index in a segment name ``FILE_SEGMENT`` this step writes (None for any other name)."""
+    m = _OUTPUT_NAME.match(stem + ".wav")
+    return int(m.group(1)) if m else None
+
+
 def segment_speakers(exp_dir: str | os.PathLike) -> dict[int, int]:
     """File index -> speaker id, as the last prepare recorded them (an experiment prepared before speakers were
     recorded, or not by this step, gives ``{}``: one speaker)."""
