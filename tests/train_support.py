@@ -30,11 +30,11 @@ def numpy_state(module: torch.nn.Module) -> dict[str, np.ndarray]:
 
 def ours_trainer(variant: Variant, net_g, net_d, cfg: list | None = None, optim: OptimConfig = OptimConfig()) -> Trainer:
     """A ``Trainer`` with the reference networks' current weights. ``cfg``: the 18-item config list ``net_g`` was
-    built from (default: RVC's for the variant); its segment size is the decoder's training segment."""
-    from tests.reference.rvc_models import config_list
+    built from (default: the reference's ``training_config``); its segment size is the decoder's training segment."""
+    from tests.reference.rvc_training import training_config
 
     state_g, state_d = numpy_state(net_g), numpy_state(net_d)
-    cfg = cfg or config_list(variant)
+    cfg = cfg or training_config(variant)
     ckpt = {"config": cfg, "f0": int(variant.f0), "version": variant.version, "sr": variant.sr}
     inference = {k: v for k, v in state_g.items() if not k.startswith("enc_q.")}
     named = _named_config(ckpt, {k.replace("weight_v", "weight"): v for k, v in inference.items()}, "HiFi-GAN", "ref")

@@ -59,10 +59,19 @@ def _rvc_configs_dir() -> Path:
     return Path(rvc.__file__).parent / "configs"
 
 
+def _hps(variant: Variant) -> dict:
+    version, sr = RVC_CONFIG_SOURCE.get((variant.version, variant.sr), (variant.version, variant.sr))
+    return json.loads((_rvc_configs_dir() / version / f"{sr}.json").read_text())
+
+
+def train_config(variant: Variant) -> dict:
+    """The ``train`` section of rvc 0.3.5's config JSON for the variant."""
+    return _hps(variant)["train"]
+
+
 def config_list(variant: Variant) -> list:
     """RVC's 18-item config list, as its exporter writes it (from rvc 0.3.5's ``configs/`` JSONs)."""
-    version, sr = RVC_CONFIG_SOURCE.get((variant.version, variant.sr), (variant.version, variant.sr))
-    hps = json.loads((_rvc_configs_dir() / version / f"{sr}.json").read_text())
+    hps = _hps(variant)
     d, m = hps["data"], hps["model"]
     return [
         d["filter_length"] // 2 + 1,

@@ -16,10 +16,10 @@ import sys
 import numpy as np
 import torch
 
-from .rvc_models import Variant, coarse_pitch, config_list, model_class, randomize
+from .rvc_models import Variant, coarse_pitch, config_list, model_class, randomize, train_config
 
-SEGMENT_SAMPLES = {32000: 12800, 40000: 12800, 48000: 11520}  # hps.train.segment_size per rate (rvc configs)
 HOPS = {32000: 320, 40000: 400, 48000: 480}
+N_FFT = {32000: 1024, 40000: 2048, 48000: 2048}  # filter_length = win_length (rvc configs)
 N_MELS = {32000: 80, 40000: 125, 48000: 128}
 LEARNING_RATE, BETAS, ADAM_EPS, LR_DECAY = 1e-4, (0.8, 0.99), 1e-9, 0.999875  # hps.train
 C_MEL, C_KL = 45, 1.0
@@ -27,6 +27,19 @@ C_MEL, C_KL = 45, 1.0
 CONFIG_INDEX = {"segment_frames": 1, "inter_channels": 2, "hidden_channels": 3, "filter_channels": 4,
                 "n_heads": 5, "n_layers": 6, "upsample_initial_channel": 13, "spk_embed_dim": 15, "gin_channels": 16}
 BASE_HZ, STEP_HZ, PITCHES = 120.0, 15.0, 5  # make_batch's fundamental: one of PITCHES bases by seed
+
+
+def train_segment_frames(variant: Variant) -> int:
+    """RVC's training segment in frames: ``hps.train.segment_size // hop`` of the variant's config (32 at 40k,
+    40 at 32k, 24 for v1 48k, 36 for v2 48k). The exported config list's item 1 is a literal 32 instead."""
+    return train_config(variant)["segment_size"] // HOPS[variant.sample_rate]
+
+
+def training_config(variant: Variant) -> list:
+    """The config list with the training segment in item 1, as ``train.py`` builds the generator."""
+    cfg = list(config_list(variant))
+    cfg[CONFIG_INDEX["segment_frames"]] = train_segment_frames(variant)
+    return cfg
 
 
 def small_config(variant: Variant, sizes: dict, segment_frames: int) -> list:
@@ -40,13 +53,13 @@ def small_config(variant: Variant, sizes: dict, segment_frames: int) -> list:
 
 
 def build_networks(variant: Variant, seed: int = 7, cfg: list | None = None):
-    """Random-weight training generator (with enc_q; from ``cfg``, default RVC's config list) and
+    """Random-weight training generator (with enc_q; from ``cfg``, default ``training_config``) and
     discriminator, float32, train mode."""
     sys.argv = sys.argv[:1]
     from rvc.lib.infer_pack import models
 
     torch.manual_seed(seed)
-    cfg = cfg or config_list(variant)
+    cfg = cfg or training_config(variant)
     cls = model_class(variant.version, variant.f0)
     net_g = cls(*cfg, is_half=False) if variant.f0 else cls(*cfg)
     randomize(net_g, seed)
@@ -57,18 +70,18 @@ def build_networks(variant: Variant, seed: int = 7, cfg: list | None = None):
 
 def make_batch(variant: Variant, lengths: list[int], seed: int = 0) -> dict[str, np.ndarray]:
     """A padded batch as RVC's collate builds it, from speech-like random audio: ``wave (B, T·hop)``,
-    ``spec (B, 1025, T)`` (the reference's spectrogram of each item at its own length, zero padded),
+    ``spec (B, n_fft/2+1, T)`` (the reference's spectrogram of each item at its own length, zero padded),
     ``phone (B, T, dim)``, ``pitch``/``pitchf`` ``(B, T)``, lengths, ``sid``. Harmonic audio with a 0.7 Hz
     vibrato around a fundamental that depends on ``seed`` (so batches of different seeds sound different)."""
     from rvc.lib.train.mel_processing import spectrogram_torch
 
     rng = np.random.default_rng(seed)
     sr = variant.sample_rate
-    hop = HOPS[sr]
+    hop, n_fft = HOPS[sr], N_FFT[sr]
     t_max = max(lengths)
     b = len(lengths)
     wave = np.zeros((b, t_max * hop), np.float32)
-    spec = np.zeros((b, 1025, t_max), np.float32)
+    spec = np.zeros((b, n_fft // 2 + 1, t_max), np.float32)
     phone = np.zeros((b, t_max, variant.feature_dim), np.float32)
     pitchf = np.zeros((b, t_max), np.float32)
     for i, t in enumerate(lengths):
@@ -78,7 +91,7 @@ def make_batch(variant: Variant, lengths: list[int], seed: int = 0) -> dict[str,
         ph = 2 * math.pi * np.cumsum(f) / sr
         x = 0.3 * np.sin(ph) + 0.1 * np.sin(2 * ph + 0.3) + 0.02 * rng.standard_normal(n)
         wave[i, :n] = x
-        spec[i, :, :t] = spectrogram_torch(torch.from_numpy(wave[i : i + 1, :n]), 2048, sr, hop, 2048)[0].numpy()
+        spec[i, :, :t] = spectrogram_torch(torch.from_numpy(wave[i : i + 1, :n]), n_fft, sr, hop, n_fft)[0].numpy()
         phone[i, :t] = rng.standard_normal((t, variant.feature_dim))
         f0 = 100 + 150 * rng.random(t)
         f0[rng.random(t) < 0.2] = 0.0  # unvoiced frames
@@ -91,10 +104,10 @@ def make_batch(variant: Variant, lengths: list[int], seed: int = 0) -> dict[str,
 def make_noise(variant: Variant, batch: dict, inter: int = 192, seed: int = 1,
                segment: int | None = None) -> dict[str, np.ndarray]:
     """Posterior ε ``(B, inter, T)`` (torch layout), segment starts ``(B,)``, source noise ``(B, L, 1)``
-    for a training segment of ``segment`` frames (default RVC's)."""
+    for a training segment of ``segment`` frames (default RVC's, ``train_segment_frames``)."""
     rng = np.random.default_rng(seed)
     b, _, t = batch["spec"].shape
-    seg = segment or SEGMENT_SAMPLES[variant.sample_rate] // HOPS[variant.sample_rate]
+    seg = segment or train_segment_frames(variant)
     starts = np.array([rng.integers(0, n - seg + 1) for n in batch["lengths"]], np.int64)
     return {"eps": rng.standard_normal((b, inter, t)).astype(np.float32), "starts": starts,
             "source": rng.standard_normal((b, seg * HOPS[variant.sample_rate], 1)).astype(np.float32)}
@@ -169,10 +182,13 @@ def train_step(net_g, net_d, optim_g, optim_d, variant: Variant, batch: dict, no
     ``net_g.segment_size`` frames. Returns the loss terms, gradient norms and (``keep_grads``) gradients."""
     from rvc.lib.infer_pack import commons
     from rvc.lib.train.losses import discriminator_loss, feature_loss, generator_loss, kl_loss
+    from rvc.lib.train import mel_processing
     from rvc.lib.train.mel_processing import mel_spectrogram_torch, spec_to_mel_torch
 
+    # rvc caches its mel filters by fmax and dtype only (one rate per training process): drop another rate's
+    mel_processing.mel_basis.clear()
     sr = variant.sample_rate
-    hop, n_mels = HOPS[sr], N_MELS[sr]
+    hop, n_fft, n_mels = HOPS[sr], N_FFT[sr], N_MELS[sr]
     segment = net_g.segment_size
     seg_samples = segment * hop
     t = {k: torch.from_numpy(v) for k, v in batch.items()}
@@ -184,9 +200,9 @@ def train_step(net_g, net_d, optim_g, optim_d, variant: Variant, batch: dict, no
             out = net_g(t["phone"], lengths, t["spec"], lengths, t["sid"])
     y_hat, ids_slice, _, z_mask, (_, z_p, m_p, logs_p, _, logs_q) = out
     assert ids_slice.tolist() == noise["starts"].tolist()
-    mel = spec_to_mel_torch(t["spec"], 2048, n_mels, sr, 0.0, None)
+    mel = spec_to_mel_torch(t["spec"], n_fft, n_mels, sr, 0.0, None)
     y_mel = commons.slice_segments(mel, ids_slice, segment)
-    y_hat_mel = mel_spectrogram_torch(y_hat.float().squeeze(1), 2048, n_mels, sr, hop, 2048, 0.0, None)
+    y_hat_mel = mel_spectrogram_torch(y_hat.float().squeeze(1), n_fft, n_mels, sr, hop, n_fft, 0.0, None)
     wave = commons.slice_segments(t["wave"][:, None], ids_slice * hop, seg_samples)
 
     y_d_hat_r, y_d_hat_g, _, _ = net_d(wave, y_hat.detach())
