@@ -141,3 +141,36 @@ def test_gru_switch_matches_torch_both_ways():
             backend.set_enabled("gru", None)
         assert np.abs(outs[on] - want).max() < 1e-5
     assert np.abs(outs[True] - outs[False]).max() < 1e-5
+
+
+def test_stage_cache_limit_is_scoped():
+    """Inside ``cache_limit`` freed buffers up to the stage's limit stay cached; on exit the cache is emptied and
+    the default limit is back (a larger cache than the default would otherwise follow into the next stage)."""
+    backend.configure_mlx()
+    big = backend.CACHE_LIMIT_BYTES + (256 << 20)
+    with backend.cache_limit(big):
+        x = mx.zeros((big // 4 - (64 << 20),)) + 1  # a temporary larger than the default limit
+        mx.eval(x)
+        del x
+        assert mx.get_cache_memory() > backend.CACHE_LIMIT_BYTES
+    assert mx.get_cache_memory() == 0
+    assert mx.set_cache_limit(backend.CACHE_LIMIT_BYTES) == backend.CACHE_LIMIT_BYTES
+    backend.set_enabled("cache", False)
+    try:
+        with backend.cache_limit(big):
+            assert mx.set_cache_limit(backend.CACHE_LIMIT_BYTES) == backend.CACHE_LIMIT_BYTES
+    finally:
+        backend.set_enabled("cache", None)
+
+
+def test_blas_preload_sets_the_thread_timeout_unless_given():
+    import subprocess
+    import sys
+
+    code = "import os, rvc_mlx.backend as b; b.preload_blas(); print(os.environ.get('OPENBLAS_THREAD_TIMEOUT'))"
+    env = {k: v for k, v in __import__("os").environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == backend.BLAS_THREAD_TIMEOUT
+    out = subprocess.run([sys.executable, "-c", code], env={**env, "OPENBLAS_THREAD_TIMEOUT": "12"},
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "12"

@@ -9,6 +9,10 @@ globally before MLX makes MLX's ``cblas_sgemm`` resolve to it. Candidates, first
 4. the system's ``libopenblas.so.0`` (e.g. Debian ``libopenblas0-pthread``).
 
 If torch is used in the same process, import torch first (its own BLAS must load before this one).
+
+OpenBLAS's idle worker threads spin for ~2^28 cycles (~0.1 s) after each call before they sleep. On a few cores
+that spinning steals the CPU from whatever runs next (the threaded NumPy softmax after an attention matmul ran
+2.4x slower), so the preload sets ``OPENBLAS_THREAD_TIMEOUT`` (unless already set) to sleep at once.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import platform
 import sys
 
 BLAS_ENV = "RVC_MLX_BLAS"
+BLAS_THREAD_TIMEOUT = "4"  # OpenBLAS's minimum: idle workers wait 2^4 cycles, then sleep
 _state = {"blas": None, "done": False}
 
 
@@ -66,6 +71,7 @@ def preload_blas() -> str | None:
     _state["done"] = True
     if platform.system() != "Linux" or "mlx.core" in sys.modules or not enabled("blas"):
         return None
+    os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", BLAS_THREAD_TIMEOUT)  # read when the library loads
     for path in blas_candidates():
         try:
             ctypes.CDLL(path, mode=os.RTLD_GLOBAL)
@@ -135,6 +141,24 @@ def on_cpu() -> bool:
 # (3.1 vs 6.2 GB); with CPU lanes, 0.5 GB vs 1 GB took 58 vs 62 s and peaked at 3.4 vs 3.8 GB (the peak is in
 # synthesis, where the cache sits on top of the decoder's tiles). ``$RVC_MLX_CACHE_GB`` overrides it.
 CACHE_LIMIT_BYTES = int(float(os.environ.get("RVC_MLX_CACHE_GB", "0.5")) * (1 << 30))
+
+
+@contextlib.contextmanager
+def cache_limit(limit: int):
+    """While inside: MLX's buffer cache may hold up to ``limit`` bytes (fast path ``cache``), for a stage whose
+    large temporaries would otherwise be returned to the OS and page-faulted in again every layer. On exit the
+    cache is emptied and the default limit restored, so the next stage starts from what it needs."""
+    import mlx.core as mx
+
+    if not enabled("cache") or limit <= CACHE_LIMIT_BYTES:
+        yield
+        return
+    mx.set_cache_limit(limit)
+    try:
+        yield
+    finally:
+        mx.set_cache_limit(CACHE_LIMIT_BYTES)
+        mx.clear_cache()
 
 
 def configure_mlx() -> None:
