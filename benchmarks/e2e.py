@@ -67,8 +67,9 @@ def worker_ours(paths: dict, out_wav: str) -> dict:
     return run_once(spec)
 
 
-def worker_reference(paths: dict, out_wav: str) -> dict:
-    t0 = time.perf_counter()
+def reference_job(paths: dict):
+    """rvc==0.3.5 set up for the clip: ``(convert, audio, sr, tgt_sr)``; ``convert(times)`` runs its pipeline with
+    default settings (rmvpe, index 0.75) and fills its stage clocks into ``times``."""
     import numpy as np
     import soundfile as sf
     import torch
@@ -89,12 +90,24 @@ def worker_reference(paths: dict, out_wav: str) -> dict:
         audio /= peak
     tgt_sr = ckpt["config"][-1]
     pipe = Pipeline(tgt_sr, REFERENCE_CONFIG)
+
+    def convert(times: dict):
+        with torch.no_grad():
+            return pipe.pipeline(hubert, net_g, 0, audio, "bench.wav", times, 0, "rmvpe", paths["index"], 0.75, 1,
+                                 3, tgt_sr, 0, 0.25, "v2", 0.33, None)
+
+    return convert, audio, sr, tgt_sr
+
+
+def worker_reference(paths: dict, out_wav: str) -> dict:
+    t0 = time.perf_counter()
+    import soundfile as sf
+
+    convert, audio, sr, tgt_sr = reference_job(paths)
     t_load = time.perf_counter() - t0
     times = {"npy": 0.0, "f0": 0.0, "infer": 0.0}
     t1 = time.perf_counter()
-    with torch.no_grad():
-        out = pipe.pipeline(hubert, net_g, 0, audio, "bench.wav", times, 0, "rmvpe", paths["index"], 0.75, 1, 3,
-                            tgt_sr, 0, 0.25, "v2", 0.33, None)
+    out = convert(times)
     t_convert = time.perf_counter() - t1
     t2 = time.perf_counter()
     sf.write(out_wav, out, tgt_sr)
