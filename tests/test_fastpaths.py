@@ -147,9 +147,10 @@ def test_stage_cache_limit_is_scoped():
     """Inside ``cache_limit`` freed buffers up to the stage's limit stay cached; on exit the cache is emptied and
     the default limit is back (a larger cache than the default would otherwise follow into the next stage)."""
     backend.configure_mlx()
+    mx.clear_cache()
     big = backend.CACHE_LIMIT_BYTES + (256 << 20)
     with backend.cache_limit(big):
-        x = mx.zeros((big // 4 - (64 << 20),)) + 1  # a temporary larger than the default limit
+        x = mx.zeros(((backend.CACHE_LIMIT_BYTES + (128 << 20)) // 4,)) + 1  # above the default limit, below big
         mx.eval(x)
         del x
         assert mx.get_cache_memory() > backend.CACHE_LIMIT_BYTES
