@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -124,10 +123,6 @@ def _timed(cmd: list[str], env: dict, parse: bool) -> dict:
     return res
 
 
-def medians(runs: list[dict]) -> dict:
-    return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
-
-
 def markdown(result: dict) -> str:
     m, ratio = result["median"], result["ratio"]
     ref, cli, ours = m["reference"], m["ours_cli"], m["ours"]
@@ -163,7 +158,7 @@ def main(argv=None) -> int:
     import torch  # noqa: F401  (torch before rvc_mlx in the driver, which builds reference models)
 
     from benchmarks.e2e import prepare
-    from rvc_mlx.bench import machine
+    from rvc_mlx.bench import machine, medians
 
     cache = Path(a.cache)
     cache.mkdir(parents=True, exist_ok=True)
