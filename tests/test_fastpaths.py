@@ -51,20 +51,66 @@ def test_functions_match_float64(exp_path):
 
 
 @pytest.mark.parametrize("exp_path", [True, False], indirect=True)
-def test_softmax_and_attention_match_float64(exp_path, monkeypatch):
+def test_softmax_matches_float64(exp_path):
     rng = np.random.default_rng(1)
-    q, k, v = (rng.normal(size=(1, 3, 700, 16)).astype(np.float32) for _ in range(3))
-    scale = 0.7
-    s = np.einsum("bhtd,bhsd->bhts", q.astype(np.float64), k.astype(np.float64)) * scale
+    s = rng.normal(0, 3, size=(2, 700, 700))
     w = np.exp(s - s.max(-1, keepdims=True))
     w /= w.sum(-1, keepdims=True)
     sm = np.array(fastmath.softmax(mx.array(s.astype(np.float32))))
     assert (np.abs(sm - w) / np.maximum(w, 1e-6)).max() < 5e-6  # float32 rounding of the scores themselves
-    att = np.array(fastmath.attention(mx.array(q), mx.array(k), mx.array(v), scale))
-    assert np.abs(att - w @ v.astype(np.float64)).max() < 2e-5
-    monkeypatch.setattr(fastmath, "SCORE_BLOCK_BYTES", 4 * 3 * 700 * 64)  # 64 query rows a block, the last ragged
-    blocked = np.array(fastmath.attention(mx.array(q), mx.array(k), mx.array(v), scale))
-    assert np.abs(blocked - w @ v.astype(np.float64)).max() < 2e-5
+
+
+ATTENTION_PATHS = {"threaded tasks": (True, True), "MLX query blocks": (True, False), "MLX kernel": (False, False)}
+
+
+@pytest.mark.parametrize("path", list(ATTENTION_PATHS))
+def test_attention_matches_float64_on_every_path(path, monkeypatch):
+    """Packed heads ``(B, T, H·d)``; more queries than keys, and ragged last blocks on the two blocked paths."""
+    numpy_path, tasks = ATTENTION_PATHS[path]
+    if tasks and backend.blas_sgemm() is None:
+        pytest.skip("no preloaded BLAS")
+    backend.set_enabled("exp", numpy_path)
+    if not tasks:
+        monkeypatch.setattr(fastmath, "blas_sgemm", lambda: None)
+    monkeypatch.setattr(fastmath, "ATTENTION_ROWS", 96)
+    monkeypatch.setattr(fastmath, "SCORE_BLOCK_BYTES", 4 * 3 * 600 * 64)  # 64 query rows a block
+    monkeypatch.setattr(fastmath, "MIN_BLOCK", 1 << 12)  # tasks split over threads at this size
+    rng = np.random.default_rng(1)
+    heads, d, scale = 3, 16, 0.7
+    q = rng.normal(size=(2, 700, heads * d)).astype(np.float32)
+    k, v = (rng.normal(size=(2, 600, heads * d)).astype(np.float32) for _ in range(2))
+    try:
+        got = np.array(fastmath.attention(mx.array(q), mx.array(k), mx.array(v), heads, scale))
+    finally:
+        backend.set_enabled("exp", None)
+
+    def split(x):
+        return x.astype(np.float64).reshape(2, -1, heads, d).transpose(0, 2, 1, 3)
+
+    s = split(q) @ split(k).transpose(0, 1, 3, 2) * scale
+    w = np.exp(s - s.max(-1, keepdims=True))
+    want = ((w / w.sum(-1, keepdims=True)) @ split(v)).transpose(0, 2, 1, 3).reshape(q.shape)
+    assert np.abs(got - want).max() < 1e-5  # float32 rounding: the MLX kernel 5.8e-6, ours 2.2e-6
+    wrong = np.array(fastmath.attention(mx.array(q), mx.array(k), mx.array(v), heads, scale * 1.01))
+    assert np.abs(wrong - want).max() > 1e-3  # a 1 % change of the scale is far outside it
+
+
+def test_blas_sgemm_on_strided_views():
+    gemm = backend.blas_sgemm()
+    if gemm is None:
+        pytest.skip("no preloaded BLAS")
+    rng = np.random.default_rng(3)
+    a, b = (rng.normal(size=(50, 96)).astype(np.float32) for _ in range(2))
+    out = np.zeros((50, 96), np.float32)
+    gemm(a[:, 32:64], b[:, 32:64], out[:, 16:66], trans_b=True, alpha=0.5)  # a head's columns of packed arrays
+    assert np.abs(out[:, 16:66] - 0.5 * a[:, 32:64] @ b[:, 32:64].T).max() < 1e-5
+    assert not out[:, :16].any() and not out[:, 66:].any()
+    gemm(a[:, :40], b[:40, :30], out[:, :30])
+    assert np.abs(out[:, :30] - a[:, :40] @ b[:40, :30]).max() < 1e-5
+    with pytest.raises(ValueError, match="does not give"):
+        gemm(a[:, :40], b[:30, :30], out[:, :30])
+    with pytest.raises(ValueError, match="unit column stride"):
+        gemm(a[:, ::2], b[:48, :30], out[:, :30])
 
 
 def test_exp_shifted_leaves_its_input_alone():

@@ -223,16 +223,56 @@ def lanes() -> list:
 
 
 @contextlib.contextmanager
-def lane_blas(streams: list):
-    """While work on ``streams`` (from ``lanes()``) is evaluated: one BLAS thread per lane, if there are several."""
-    control = _blas_thread_control() if len(streams) > 1 else None
+def blas_threads(n: int):
+    """While inside: the preloaded OpenBLAS uses ``n`` threads (a no-op when its thread count cannot be set)."""
+    control = _blas_thread_control()
     if control is None:
         yield
         return
     get, set_ = control
     before = get()
-    set_(1)
+    set_(max(1, int(n)))
     try:
         yield
     finally:
         set_(before)
+
+
+def lane_blas(streams: list):
+    """While work on ``streams`` (from ``lanes()``) is evaluated: one BLAS thread per lane, if there are several."""
+    return blas_threads(1) if len(streams) > 1 else contextlib.nullcontext()
+
+
+_CBLAS_ROW_MAJOR, _CBLAS_NO_TRANS, _CBLAS_TRANS = 101, 111, 112
+
+
+def blas_sgemm():
+    """``gemm(a, b, c, trans_b=False, alpha=1.0)``: ``c = alpha · a @ b`` (``b.T`` with ``trans_b``) straight in
+    the preloaded BLAS, for float32 NumPy matrices (views with unit column stride, e.g. one head's columns of a
+    packed ``(T, H·d)`` array) — or None when no BLAS was preloaded. The call releases the GIL, so NumPy-side
+    work can run one product per thread (with ``blas_threads(1)``)."""
+    if _state["blas"] is None:
+        return None
+    if "sgemm" not in _state:
+        _state["sgemm"] = _load_sgemm(ctypes.CDLL(_state["blas"]))
+    return _state["sgemm"]
+
+
+def _load_sgemm(lib):
+    fn = getattr(lib, "cblas_sgemm", None)
+    if fn is None:
+        return None
+    c_int, ptr = ctypes.c_int, ctypes.c_void_p
+    fn.restype = None
+    fn.argtypes = [c_int] * 6 + [ctypes.c_float, ptr, c_int, ptr, c_int, ctypes.c_float, ptr, c_int]
+
+    def gemm(a, b, c, trans_b: bool = False, alpha: float = 1.0) -> None:
+        (m, k), n = a.shape, c.shape[1]
+        if not all(x.dtype == "float32" and x.strides[1] == 4 for x in (a, b, c)) or c.shape[0] != m:
+            raise ValueError("gemm: float32 matrices with unit column stride and matching shapes")
+        if (b.shape[::-1] if trans_b else b.shape) != (k, n):
+            raise ValueError(f"gemm: {a.shape} @ {b.shape}{'.T' if trans_b else ''} does not give {c.shape}")
+        fn(_CBLAS_ROW_MAJOR, _CBLAS_NO_TRANS, _CBLAS_TRANS if trans_b else _CBLAS_NO_TRANS, m, n, k, alpha,
+           a.ctypes.data, a.strides[0] // 4, b.ctypes.data, b.strides[0] // 4, 0.0, c.ctypes.data, c.strides[0] // 4)
+
+    return gemm

@@ -284,15 +284,8 @@ class Attention(nn.Module):
 
     def __call__(self, x: mx.array) -> mx.array:
         """(B, T, C) -> (B, T, C); full (unmasked) self-attention."""
-        B, T, C = x.shape
-        h = self.num_heads
-
-        def heads(y):
-            return y.reshape(B, T, h, C // h).transpose(0, 2, 1, 3)
-
-        q, k, v = heads(self.q_proj(x)), heads(self.k_proj(x)), heads(self.v_proj(x))
-        o = fastmath.attention(q, k, v, self.scale)
-        return self.out_proj(o.transpose(0, 2, 1, 3).reshape(B, T, C))
+        o = fastmath.attention(self.q_proj(x), self.k_proj(x), self.v_proj(x), self.num_heads, self.scale)
+        return self.out_proj(o)
 
 
 class FeedForward(nn.Module):

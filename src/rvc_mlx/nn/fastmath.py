@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 import mlx.core as mx
 import numpy as np
 
-from ..backend import cpu_count, enabled, on_cpu
+from ..backend import blas_sgemm, blas_threads, cpu_count, enabled, on_cpu
 
 MIN_BLOCK = 1 << 18  # elements per thread below which one thread is faster
 SCORE_BLOCK_BYTES = 64 << 20  # attention scores evaluated at a time (query rows × keys × heads)
@@ -160,13 +160,64 @@ def tanh(x: mx.array) -> mx.array:
     return mx.where(x >= 0, 1.0, -1.0) * (1.0 - e) / (1.0 + e)
 
 
-def attention(q: mx.array, k: mx.array, v: mx.array, scale: float) -> mx.array:
-    """Unmasked scaled dot-product attention ``(B, H, T, d) x3 -> (B, H, T, d)``.
+ATTENTION_ROWS = 128  # query rows per task of the threaded attention: one head's (rows, keys) scores stay in L2
 
-    On the NumPy path the queries go in blocks whose scores fill about ``SCORE_BLOCK_BYTES``, each evaluated
-    before the next: the scores held at once stay bounded instead of growing with T² (324 MB at 52 s of audio)."""
-    if not _use_numpy():
-        return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale)
+
+def attention(q: mx.array, k: mx.array, v: mx.array, heads: int, scale: float) -> mx.array:
+    """Unmasked scaled dot-product attention over packed heads: ``(B, T, H·d), (B, S, H·d) x2 -> (B, T, H·d)``
+    (head ``h`` is columns ``[h·d, (h+1)·d)``, as the projections give them).
+
+    On the NumPy path with a preloaded BLAS (``backend.blas_sgemm``) it is flash-style: one task per (head,
+    ``ATTENTION_ROWS`` queries), split over the CPU cores with one BLAS thread each; a task's scores are
+    computed, exponentiated, summed and multiplied by the values while they sit in cache, straight from and into
+    the packed layout (no head transposes, no T² array). Without that BLAS the queries go in blocks through MLX
+    products and the threaded NumPy numerator (:func:`_attention_blocks`); off the NumPy path MLX's own kernel."""
+    gemm = blas_sgemm() if _use_numpy() else None
+    if gemm is None:
+        b, t, c = q.shape
+
+        def split(y):  # (B, T, H·d) -> (B, H, T, d)
+            return y.reshape(b, y.shape[1], heads, c // heads).transpose(0, 2, 1, 3)
+
+        if _use_numpy():
+            out = _attention_blocks(split(q), split(k), split(v), scale)
+        else:
+            out = mx.fast.scaled_dot_product_attention(split(q), split(k), split(v), scale=scale)
+        return out.transpose(0, 2, 1, 3).reshape(b, t, c)
+    qn, kn, vn = (np.ascontiguousarray(_evaluated(x.astype(mx.float32))) for x in (q, k, v))
+    out = np.empty(qn.shape, np.float32)
+    _attention_tasks(gemm, qn, kn, vn, out, heads, scale)
+    return mx.array(out)
+
+
+def _attention_tasks(gemm, q: np.ndarray, k: np.ndarray, v: np.ndarray, out: np.ndarray, heads: int,
+                     scale: float) -> None:
+    """``out = softmax(scale · q kᵀ) v`` per batch item and head, in packed ``(B, T, H·d)`` NumPy arrays."""
+    b, t, c = q.shape
+    keys, d = k.shape[1], c // heads
+    tasks = [(i, h * d, r) for i in range(b) for h in range(heads) for r in range(0, t, ATTENTION_ROWS)]
+
+    def run(lo: int, hi: int) -> None:
+        buffer = np.empty((ATTENTION_ROWS, keys), np.float32)
+        for i, col, start in tasks[lo:hi]:
+            rows, cols = slice(start, min(start + ATTENTION_ROWS, t)), slice(col, col + d)
+            scores = buffer[: rows.stop - start]
+            gemm(q[i, rows, cols], k[i, :, cols], scores, trans_b=True, alpha=scale)
+            scores -= scores.max(axis=1, keepdims=True)
+            _exp_block(scores, scores)
+            total = scores.sum(axis=1, keepdims=True)
+            head_out = out[i, rows, cols]
+            gemm(scores, v[i, :, cols], head_out)
+            head_out /= total
+
+    with blas_threads(1):
+        _in_threads(run, len(tasks), b * heads * t * keys)
+
+
+def _attention_blocks(q: mx.array, k: mx.array, v: mx.array, scale: float) -> mx.array:
+    """``(B, H, T, d) x3 -> (B, H, T, d)``: the queries go in blocks whose scores fill about
+    ``SCORE_BLOCK_BYTES``, each evaluated before the next, so the scores held at once stay bounded instead of
+    growing with T² (324 MB at 52 s of audio)."""
     b, h, t, _ = q.shape
     keys = k.transpose(0, 1, 3, 2)
     rows = max(1, SCORE_BLOCK_BYTES // (4 * b * h * k.shape[2]))
