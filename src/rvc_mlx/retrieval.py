@@ -7,6 +7,7 @@ stored vectors, weight them by (1 / distance)^2 normalised per frame, and mix th
 
 from __future__ import annotations
 
+import mmap
 import os
 import struct
 from pathlib import Path
@@ -17,7 +18,7 @@ from .errors import InputError
 
 TOP_K = 8
 MIN_DISTANCE = 1e-10  # guards exact matches (distance 0), where RVC itself would produce NaN
-LOAD_COPIES = 2  # an index's file bytes and faiss's copy of them are both in memory while it loads
+LOAD_COPIES = 2  # an index's mapped file and faiss's copy of it are both in memory while it loads
 MAX_DIM = 65536  # feature dimensions: RVC's are 256 / 768
 _FLAT = {b"IxF2": 1, b"IxFI": 0}  # flat L2 / inner product: fourcc -> faiss metric type
 _IVF_FLAT = b"IwFl"
@@ -177,6 +178,22 @@ class _ReadFrom:
         return faiss.PyCallbackIOReader(self.read, self.BLOCK)
 
 
+def _map_file(path: Path, size: int):
+    """The file's bytes as a read-only memory map (no heap copy: its pages go back when it is unmapped)."""
+    if size == 0:
+        return b""
+    with open(path, "rb") as f:
+        return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+
+
+def _unmap(data) -> None:
+    if isinstance(data, mmap.mmap):
+        try:
+            data.close()
+        except BufferError:  # a view is still alive (an error's traceback): unmapped when it is collected
+            pass
+
+
 class FeatureIndex:
     """A faiss index and access to its stored vectors, without a second copy of them: a flat index's own storage
     is viewed (``vectors``: (M, D) float32), an IVF index's rows are fetched by id through a direct map."""
@@ -225,18 +242,23 @@ class FeatureIndex:
             if available is not None and LOAD_COPIES * size > available:
                 raise InputError(f"{path}: a {size / 1e9:.1f} GB index needs about {LOAD_COPIES * size / 1e9:.1f} GB "
                                  f"of memory to load and {available / 1e9:.1f} GB is available")
-            data = path.read_bytes()
+            data = _map_file(path, size)
         except OSError as e:
             raise InputError(f"{path}: cannot read index ({e.strerror or e})") from None
-        d, ntotal = check_index_file(data, str(path))
-        if ntotal == 0:
-            raise InputError(f"{path}: index is empty")
-        try:  # checked above: faiss reads exactly the structure it wrote, from memory
-            index = faiss.read_index(_ReadFrom(data).reader())
-            del data
-            loaded = cls(index, str(path))
-        except RuntimeError as e:
-            raise InputError(f"{path}: not a usable faiss index ({str(e).splitlines()[0][:120]})") from None
+        try:
+            d, ntotal = check_index_file(data, str(path))
+            if ntotal == 0:
+                raise InputError(f"{path}: index is empty")
+            source = _ReadFrom(data)
+            try:  # checked above: faiss reads exactly the structure it wrote, from the mapped file
+                index = faiss.read_index(source.reader())
+            except RuntimeError as e:
+                raise InputError(f"{path}: not a usable faiss index ({str(e).splitlines()[0][:120]})") from None
+            finally:
+                source.view.release()
+        finally:
+            _unmap(data)
+        loaded = cls(index, str(path))
         if index.d != d or index.ntotal != ntotal:
             raise InputError(f"{path}: not a usable faiss index (faiss read a different shape)")
         return loaded
