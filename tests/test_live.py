@@ -512,7 +512,10 @@ def test_sounddevice_backend_opens_and_closes_an_alsa_null_device(tmp_path):
 
 
 SIGINT_SCRIPT = textwrap.dedent("""
-    import json, sys, threading
+    import json, signal, sys, threading
+    # a parent started in the background (``cmd &``) passes SIGINT on as ignored, and Python then installs no
+    # KeyboardInterrupt handler: install it, as an interactive terminal's foreground process has it
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     sys.path.insert(0, sys.argv[1])
     from tests.test_live import B, StandInEngine, index_signal
     from rvc_mlx.devices import FakeBackend, LiveSession
