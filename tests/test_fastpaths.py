@@ -189,23 +189,36 @@ def test_gru_switch_matches_torch_both_ways():
     assert np.abs(outs[True] - outs[False]).max() < 1e-5
 
 
+def test_cache_limit_default_follows_the_malloc_fast_path(monkeypatch):
+    """glibc's heap keeps freed pages when the malloc fast path is on, so MLX's own cache is smaller then;
+    ``$RVC_MLX_CACHE_GB`` wins either way."""
+    monkeypatch.delenv("RVC_MLX_CACHE_GB", raising=False)
+    monkeypatch.setitem(backend._state, "malloc", True)
+    assert backend.cache_limit_bytes() == int(backend.CACHE_GB_WITH_MALLOC * (1 << 30))
+    monkeypatch.setitem(backend._state, "malloc", False)
+    assert backend.cache_limit_bytes() == int(backend.CACHE_GB * (1 << 30)) > int(0.1 * (1 << 30))
+    monkeypatch.setenv("RVC_MLX_CACHE_GB", "2")
+    assert backend.cache_limit_bytes() == 2 << 30
+
+
 def test_stage_cache_limit_is_scoped():
     """Inside ``cache_limit`` freed buffers up to the stage's limit stay cached; on exit the cache is emptied and
     the default limit is back (a larger cache than the default would otherwise follow into the next stage)."""
     backend.configure_mlx()
     mx.clear_cache()
-    big = backend.CACHE_LIMIT_BYTES + (256 << 20)
+    default = backend.cache_limit_bytes()
+    big = default + (256 << 20)
     with backend.cache_limit(big):
-        x = mx.zeros(((backend.CACHE_LIMIT_BYTES + (128 << 20)) // 4,)) + 1  # above the default limit, below big
+        x = mx.zeros(((default + (128 << 20)) // 4,)) + 1  # above the default limit, below big
         mx.eval(x)
         del x
-        assert mx.get_cache_memory() > backend.CACHE_LIMIT_BYTES
+        assert mx.get_cache_memory() > default
     assert mx.get_cache_memory() == 0
-    assert mx.set_cache_limit(backend.CACHE_LIMIT_BYTES) == backend.CACHE_LIMIT_BYTES
+    assert mx.set_cache_limit(default) == default
     backend.set_enabled("cache", False)
     try:
         with backend.cache_limit(big):
-            assert mx.set_cache_limit(backend.CACHE_LIMIT_BYTES) == backend.CACHE_LIMIT_BYTES
+            assert mx.set_cache_limit(default) == default
     finally:
         backend.set_enabled("cache", None)
 

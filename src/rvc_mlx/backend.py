@@ -122,7 +122,7 @@ def tune_malloc() -> bool:
 FAST_PATHS = {
     "blas": "optimized BLAS loaded before MLX on Linux (this module; also $RVC_MLX_BLAS=none)",
     "malloc": "glibc keeps large freed buffers for reuse: no mmap, page faults and zeroing per temporary (Linux)",
-    "cache": "MLX buffer cache kept up to CACHE_LIMIT_BYTES, $RVC_MLX_CACHE_GB (no page fault per large temporary)",
+    "cache": "MLX buffer cache kept up to cache_limit_bytes(), $RVC_MLX_CACHE_GB (no page fault per large temporary)",
     "conv": "CPU conv rewrites: per-tap addmm conv1d, polyphase conv_transpose1d, im2col conv2d (nn.conv, nn.conv2d)",
     "exp": "NumPy on CPU (nn.fastmath): vectorised exp for softmax/sigmoid/tanh (MLX's CPU exp is scalar), "
     "threaded softmax numerators and channel statistics",
@@ -162,10 +162,19 @@ def on_cpu() -> bool:
     return mx.default_device() == mx.cpu
 
 
-# 0.5 GB, measured on 30 s end to end (v2 40k, rmvpe, index): 1 GB vs 4 GB cost 3 % in time and halved peak RSS
-# (3.1 vs 6.2 GB); with CPU lanes, 0.5 GB vs 1 GB took 58 vs 62 s and peaked at 3.4 vs 3.8 GB (the peak is in
-# synthesis, where the cache sits on top of the decoder's tiles). ``$RVC_MLX_CACHE_GB`` overrides it.
-CACHE_LIMIT_BYTES = int(float(os.environ.get("RVC_MLX_CACHE_GB", "0.5")) * (1 << 30))
+# Without the malloc fast path every large temporary MLX lets go is page-faulted in again, so its cache holds 0.5 GB
+# (measured on 30 s end to end, v2 40k, rmvpe, index: 1 GB vs 4 GB cost 3 % in time and halved peak RSS, 3.1 vs
+# 6.2 GB; with CPU lanes 0.5 GB vs 1 GB took 58 vs 62 s and peaked at 3.4 vs 3.8 GB, the peak is in synthesis where
+# the cache sits on top of the decoder's tiles). With it glibc's heap keeps those pages itself and 0.1 GB is
+# enough: 30 s end to end, 4 interleaved pairs, took 28.5 vs 28.2 s and peaked at 2.52 vs 2.84 GB (-11 %).
+# ``$RVC_MLX_CACHE_GB`` overrides both.
+CACHE_GB, CACHE_GB_WITH_MALLOC = 0.5, 0.1
+
+
+def cache_limit_bytes() -> int:
+    """MLX's buffer cache limit outside the stages that raise it (``cache_limit``)."""
+    gb = os.environ.get("RVC_MLX_CACHE_GB") or (CACHE_GB_WITH_MALLOC if _state.get("malloc") else CACHE_GB)
+    return int(float(gb) * (1 << 30))
 
 
 @contextlib.contextmanager
@@ -175,14 +184,15 @@ def cache_limit(limit: int):
     cache is emptied and the default limit restored, so the next stage starts from what it needs."""
     import mlx.core as mx
 
-    if not enabled("cache") or limit <= CACHE_LIMIT_BYTES:
+    default = cache_limit_bytes()
+    if not enabled("cache") or limit <= default:
         yield
         return
     mx.set_cache_limit(limit)
     try:
         yield
     finally:
-        mx.set_cache_limit(CACHE_LIMIT_BYTES)
+        mx.set_cache_limit(default)
         mx.clear_cache()
 
 
@@ -191,7 +201,7 @@ def configure_mlx() -> None:
     import mlx.core as mx
 
     if enabled("cache"):
-        mx.set_cache_limit(CACHE_LIMIT_BYTES)
+        mx.set_cache_limit(cache_limit_bytes())
 
 
 # -- CPU lanes ----------------------------------------------------------------------------------------------------
